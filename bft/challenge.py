@@ -1,0 +1,89 @@
+"""Challenge derivation: which layers and tiles a verifier checks. [CHAL.1]-[CHAL.4]
+
+A verifier signs ``compute_challenge_message(commitment digest)``; Ed25519 signatures are
+deterministic, so the executor cannot predict the seed (it lacks the verifier's key), the
+verifier cannot grind it (one key, one signature), and anyone can recheck it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bft.encoding import sha256
+from bft.messages import TileRef
+from bft.types import Signature
+
+_MAX_DRAWS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class LayerChallenge:
+    """Re-execute decoder layer ``layer`` (1..L) at the positions of ``chunks``."""
+
+    layer: int
+    chunks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A verifier's challenge for one commitment."""
+
+    seed: bytes
+    layers: tuple[LayerChallenge, ...]
+    num_chunks: int
+
+    def required_tiles(self) -> tuple[TileRef, ...]:
+        """Return the tiles to open, sorted. [CHAL.3]
+
+        Boundary 0 at every chunk (the embedding check); for each layer ``b`` the input
+        boundary ``b-1`` at chunks ``0..max(chunks)`` (causal attention needs every earlier
+        position) and the output boundary ``b`` at the challenged chunks.
+        """
+        tiles = {TileRef(0, c) for c in range(self.num_chunks)}
+        for lc in self.layers:
+            tiles.update(TileRef(lc.layer - 1, c) for c in range(max(lc.chunks) + 1))
+            tiles.update(TileRef(lc.layer, c) for c in lc.chunks)
+        return tuple(sorted(tiles, key=lambda t: (t.boundary, t.chunk)))
+
+
+def compute_seed(challenge_signature: Signature) -> bytes:
+    """Return the challenge seed: ``sha256(challenge_signature)``."""
+    return sha256(challenge_signature)
+
+
+def compute_sample(seed: bytes, label: str, population: int, k: int) -> tuple[int, ...]:
+    """Return ``min(k, population)`` distinct integers in ``[0, population)``, sorted. [CHAL.4]
+
+    Draw ``i`` is ``u64(sha256(seed || label || u32(i))[:8])``, rejected when it falls in the
+    biased tail or repeats an earlier pick.
+    """
+    if population <= 0 or k <= 0:
+        return ()
+    k = min(k, population)
+    limit = (1 << 64) - (1 << 64) % population
+    chosen: list[int] = []
+    for i in range(_MAX_DRAWS):
+        x = int.from_bytes(sha256(seed + label.encode() + i.to_bytes(4, "big"))[:8], "big")
+        if x >= limit:
+            continue
+        v = x % population
+        if v not in chosen:
+            chosen.append(v)
+            if len(chosen) == k:
+                break
+    return tuple(sorted(chosen))
+
+
+def compute_challenge(
+    challenge_signature: Signature, num_layers: int, num_chunks: int, layers_per_verifier: int
+) -> Challenge:
+    """Return the challenge seeded by ``challenge_signature``. [CHAL.2]
+
+    Samples ``layers_per_verifier`` distinct layers from ``1..num_layers``; every chunk of a
+    sampled layer is checked.
+    """
+    seed = compute_seed(challenge_signature)
+    picks = compute_sample(seed, "layers", num_layers, layers_per_verifier)
+    all_chunks = tuple(range(num_chunks))
+    layers = tuple(LayerChallenge(layer=p + 1, chunks=all_chunks) for p in picks)
+    return Challenge(seed=seed, layers=layers, num_chunks=num_chunks)

@@ -1,0 +1,153 @@
+"""The executor's protocol core: execute, commit, open. [COMMIT.1]-[COMMIT.4], [OPEN.1]-[OPEN.3]
+
+No sockets, clocks or randomness here: the gRPC service in :mod:`verihive.services` calls in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from bft.crypto import SigningKey
+from bft.errors import Malformed, NotFound, Reject
+from bft.messages import (
+    Commitment,
+    InferenceRequest,
+    OpeningResponse,
+    SignedCommitment,
+    TileOpening,
+    TileRef,
+)
+from bft.types import Digest, ModelId, Signature
+from executor.backend import Backend
+from merkle.tiles import compute_leaf_index, compute_num_chunks, encode_tile
+from merkle.tree import ActivationTree
+
+DEFAULT_CHUNK_SIZE = 16
+DEFAULT_MAX_STORED = 64
+
+
+@dataclass(frozen=True)
+class CommittedRun:
+    """What an executor keeps for a commitment until its challenge window closes."""
+
+    signed: SignedCommitment
+    tree: ActivationTree
+
+
+def compute_tiles(states: npt.NDArray[np.float32], chunk_size: int) -> list[bytes]:
+    """Return the encoded tiles of ``states`` (``[L+1, T, H]``) in leaf order. [TILE.2]"""
+    num_boundaries, t, _ = states.shape
+    num_chunks = compute_num_chunks(t, chunk_size)
+    leaves = []
+    for b in range(num_boundaries):
+        for c in range(num_chunks):
+            leaves.append(encode_tile(b, c, states[b, c * chunk_size : (c + 1) * chunk_size]))
+    return leaves
+
+
+class ExecutorCore:
+    """Runs requests on a backend, signs commitments and serves openings.
+
+    Subclasses in :mod:`executor.byzantine` override :meth:`compute_states` or
+    :meth:`compute_committed_tokens` to lie; the checks must catch them regardless.
+    """
+
+    def __init__(
+        self,
+        key: SigningKey,
+        backend: Backend,
+        model_id: ModelId,
+        network_id: str,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_stored: int = DEFAULT_MAX_STORED,
+    ) -> None:
+        self.key = key
+        self.backend = backend
+        self.model_id = model_id
+        self.network_id = network_id
+        self.chunk_size = chunk_size
+        self.max_stored = max_stored
+        self._runs: OrderedDict[Digest, CommittedRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def on_execute(self, request: InferenceRequest) -> SignedCommitment:
+        """Generate for ``request``, commit to every layer boundary, sign, and keep the tiles."""
+        request.validate()
+        if request.network_id != self.network_id:
+            raise Malformed("request is for another network")
+        if request.model_id != self.model_id:
+            raise Reject("request names a model this executor does not serve")
+        if max(request.prompt_tokens) >= self.backend.info.vocab_size:
+            raise Malformed("prompt token id outside the model's vocabulary")
+        prompt = list(request.prompt_tokens)
+        output = self.backend.generate(prompt, request.sampling, request.sampling_seed())
+        states = self.compute_states(prompt + output)
+        tokens = self.compute_committed_tokens(prompt, output)
+        leaves = compute_tiles(states, self.chunk_size)
+        tree = ActivationTree(leaves)
+        commitment = Commitment(
+            network_id=self.network_id,
+            request_digest=request.digest(),
+            model_id=self.model_id,
+            executor_key=self.key.public_key,
+            tokens=tuple(tokens),
+            prompt_len=len(prompt),
+            dtype=self.backend.info.dtype,
+            backend=self.backend.info.name,
+            num_layers=self.backend.info.num_layers,
+            hidden_size=self.backend.info.hidden_size,
+            chunk_size=self.chunk_size,
+            merkle_root=tree.root,
+            num_leaves=tree.size,
+        )
+        signed = SignedCommitment(commitment, self.key.sign(commitment.signing_root()))
+        with self._lock:
+            self._runs[signed.digest] = CommittedRun(signed, tree)
+            while len(self._runs) > self.max_stored:
+                self._runs.popitem(last=False)
+        return signed
+
+    def compute_states(self, tokens: list[int]) -> npt.NDArray[np.float32]:
+        """Return the proving prefill's hidden states for ``tokens``."""
+        return self.backend.prove(tokens)
+
+    def compute_committed_tokens(self, prompt: list[int], output: list[int]) -> list[int]:
+        """Return the token sequence to commit to (honest: prompt followed by output)."""
+        return prompt + output
+
+    def get_run(self, commitment_digest: Digest) -> CommittedRun:
+        """Return the stored run for ``commitment_digest`` or raise :class:`NotFound`."""
+        with self._lock:
+            run = self._runs.get(commitment_digest)
+        if run is None:
+            raise NotFound("no commitment with that digest is held here")
+        return run
+
+    def on_open(self, commitment_digest: Digest, tiles: tuple[TileRef, ...]) -> OpeningResponse:
+        """Return the signed openings of ``tiles`` for ``commitment_digest``. [OPEN.1]"""
+        run = self.get_run(commitment_digest)
+        c = run.signed.commitment
+        if len(set(tiles)) != len(tiles):
+            raise Malformed("duplicate tile in opening request")
+        openings = []
+        for tile in tiles:
+            if not (0 <= tile.boundary <= c.num_layers and 0 <= tile.chunk < c.num_chunks):
+                raise Malformed(f"tile ({tile.boundary},{tile.chunk}) outside the commitment")
+            index = compute_leaf_index(tile.boundary, tile.chunk, c.num_chunks)
+            openings.append(self.compute_opening(run, tile, index))
+        unsigned = OpeningResponse(self.network_id, commitment_digest, tuple(openings), Signature(b""))
+        return OpeningResponse(
+            unsigned.network_id,
+            unsigned.commitment_digest,
+            unsigned.openings,
+            self.key.sign(unsigned.signing_root()),
+        )
+
+    def compute_opening(self, run: CommittedRun, tile: TileRef, index: int) -> TileOpening:
+        """Return the opening of leaf ``index`` (honest: the committed leaf and its proof)."""
+        return TileOpening(tile=tile, leaf=run.tree.get_leaf(index), proof=run.tree.prove(index))

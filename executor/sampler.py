@@ -1,0 +1,63 @@
+"""The protocol's seeded sampler. [SAMPLE.1]-[SAMPLE.4]
+
+The executor never chooses randomness: the noise for the token at sequence position ``p`` is
+drawn from NumPy's Philox4x64-10 generator keyed by ``sha256(seed || u64(p))[:16]`` (seed from
+the request id). Sampling is Gumbel-max: ``argmax(logits / T + g)`` over the tokens that survive
+top-k and top-p filtering, with ``g = -log(-log(u))``. Temperature 0 is greedy argmax (ties go
+to the lowest token id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import numpy.typing as npt
+
+from bft.messages import SamplingParams
+
+_TINY = np.finfo(np.float64).tiny
+
+
+def compute_position_key(seed: bytes, position: int) -> int:
+    """Return the 128-bit Philox key for sequence ``position`` under ``seed``."""
+    digest = hashlib.sha256(seed + position.to_bytes(8, "big")).digest()
+    return int.from_bytes(digest[:16], "big")
+
+
+def compute_gumbel_noise(seed: bytes, position: int, vocab: int) -> npt.NDArray[np.float64]:
+    """Return the ``vocab`` Gumbel(0, 1) draws for ``position``."""
+    gen = np.random.Generator(np.random.Philox(key=compute_position_key(seed, position)))
+    u = np.clip(gen.random(vocab), _TINY, 1.0 - 1e-16)
+    return -np.log(-np.log(u))
+
+
+def compute_allowed(scaled: npt.NDArray[np.float64], params: SamplingParams) -> npt.NDArray[np.bool_]:
+    """Return the mask of tokens that survive top-k then top-p on ``scaled`` logits."""
+    allowed = np.ones(scaled.shape[0], dtype=bool)
+    if 0 < params.top_k < scaled.shape[0]:
+        kth = np.partition(scaled, -params.top_k)[-params.top_k]
+        allowed &= scaled >= kth
+    if params.top_p < 1.0:
+        order = np.argsort(-np.where(allowed, scaled, -np.inf), kind="stable")
+        probs = np.exp(scaled[order] - scaled[order[0]])
+        probs = np.where(allowed[order], probs, 0.0)
+        probs /= probs.sum()
+        keep = np.cumsum(probs) - probs < params.top_p  # smallest prefix reaching top_p
+        nucleus = np.zeros_like(allowed)
+        nucleus[order[keep]] = True
+        allowed &= nucleus
+    return allowed
+
+
+def sample_token(
+    logits: npt.NDArray[np.floating], params: SamplingParams, seed: bytes, position: int
+) -> int:
+    """Return the token the protocol samples from ``logits`` at sequence ``position``."""
+    x = np.asarray(logits, dtype=np.float64)
+    if params.temperature == 0.0:
+        return int(np.argmax(x))
+    scaled = x / params.temperature
+    allowed = compute_allowed(scaled, params)
+    scores = np.where(allowed, scaled + compute_gumbel_noise(seed, position, x.shape[0]), -np.inf)
+    return int(np.argmax(scores))

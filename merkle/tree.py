@@ -1,0 +1,106 @@
+"""RFC 6962 Merkle trees over activation tiles, built with pymerkle. [MERKLE.1]-[MERKLE.3]
+
+Leaves are hashed as ``sha256(0x00 || leaf)`` and inner nodes as ``sha256(0x01 || l || r)``
+(RFC 6962 / RFC 9162 prefixes, pymerkle's "security" mode). Leaf indices are 0-based here and
+1-based inside pymerkle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pymerkle import InclusionProof, InmemoryTree, InvalidProof
+
+from bft.errors import Malformed, Reject
+from bft.types import DIGEST_SIZE, Digest
+
+HASH_ALGORITHM = "sha256"
+MAX_PROOF_STEPS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ProofStep:
+    """One step of an inclusion path: the digest and pymerkle's resolution bit (0 or 1)."""
+
+    bit: int
+    digest: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class MerkleProof:
+    """Inclusion proof of leaf ``leaf_index`` (0-based) in a tree of ``tree_size`` leaves.
+
+    ``steps[0]`` carries the leaf hash; the rest are the audit path, bottom up.
+    """
+
+    leaf_index: int
+    tree_size: int
+    steps: tuple[ProofStep, ...]
+
+    def validate(self) -> None:
+        """Raise :class:`Malformed` if the proof is structurally impossible."""
+        if not 0 <= self.leaf_index < self.tree_size:
+            raise Malformed(f"leaf index {self.leaf_index} outside tree of {self.tree_size}")
+        if not 1 <= len(self.steps) <= MAX_PROOF_STEPS:
+            raise Malformed(f"proof has {len(self.steps)} steps")
+        for step in self.steps:
+            if step.bit not in (0, 1) or len(step.digest) != DIGEST_SIZE:
+                raise Malformed("proof step has a bad bit or digest length")
+
+
+def compute_leaf_hash(leaf: bytes) -> Digest:
+    """Return the RFC 6962 leaf hash ``sha256(0x00 || leaf)``."""
+    return Digest(_HASHER.hash_buff(leaf))
+
+
+class ActivationTree:
+    """A Merkle tree over encoded tiles, in leaf order. Holds the leaves for openings."""
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        if not leaves:
+            raise ValueError("a tree needs at least one leaf")
+        self._tree = InmemoryTree(algorithm=HASH_ALGORITHM)
+        self._tree.append_entries(leaves)
+        self._leaves = list(leaves)
+        self.root = Digest(self._tree.get_root())
+
+    @property
+    def size(self) -> int:
+        """Number of leaves."""
+        return len(self._leaves)
+
+    def get_leaf(self, index: int) -> bytes:
+        """Return the encoded leaf at 0-based ``index``."""
+        return self._leaves[index]
+
+    def prove(self, index: int) -> MerkleProof:
+        """Return the inclusion proof of the leaf at 0-based ``index``."""
+        proof = self._tree.prove_inclusion(index + 1)
+        steps = tuple(
+            ProofStep(bit=int(bit), digest=Digest(d))
+            for bit, d in zip(proof.rule, proof.path, strict=True)
+        )
+        return MerkleProof(leaf_index=index, tree_size=self.size, steps=steps)
+
+
+def check_inclusion(root: Digest, tree_size: int, leaf: bytes, proof: MerkleProof) -> None:
+    """Raise :class:`Reject` unless ``proof`` shows ``leaf`` in the tree with ``root``. [MERKLE.3]"""
+    proof.validate()
+    if proof.tree_size != tree_size:
+        raise Reject(f"proof is for a tree of {proof.tree_size} leaves, commitment says {tree_size}")
+    pm_proof = InclusionProof(
+        HASH_ALGORITHM,
+        True,
+        proof.tree_size,
+        proof.leaf_index + 1,
+        [s.bit for s in proof.steps],
+        [bytes(s.digest) for s in proof.steps],
+    )
+    try:
+        pm_proof.verify(compute_leaf_hash(leaf), root, algorithm=HASH_ALGORITHM, security=True)
+    except InvalidProof as exc:
+        raise Reject(f"inclusion proof of leaf {proof.leaf_index} fails: {exc}") from exc
+
+
+_HASHER = InmemoryTree(algorithm=HASH_ALGORITHM)

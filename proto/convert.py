@@ -1,0 +1,297 @@
+"""Explicit conversion between protobuf messages and the protocol's dataclasses.
+
+``from_pb`` functions validate structure and raise :class:`bft.errors.Malformed`; they never
+check signatures (that is the core's job, so that it raises the right error kind).
+"""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.message import Message
+
+from bft.errors import Malformed
+from bft.messages import (
+    MAX_LAYERS,
+    MAX_LEAVES,
+    Commitment,
+    InferenceRequest,
+    LayerCheck,
+    OpeningResponse,
+    SamplingParams,
+    SignedCommitment,
+    TileOpening,
+    TileRef,
+    Verdict,
+    Vote,
+)
+from bft.receipt import Receipt
+from bft.types import Digest, ModelId, PublicKey, Signature
+from merkle.tree import MAX_PROOF_STEPS, MerkleProof, ProofStep
+from proto import verihive_pb2 as pb
+
+MAX_VALIDATORS = 4096
+MAX_OPENINGS = 1 << 16
+
+
+def _require(msg: Message, name: str) -> None:
+    if not msg.HasField(name):
+        raise Malformed(f"{type(msg).__name__}.{name} is missing")
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise Malformed(f"{what} is not finite")
+    return value
+
+
+def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
+    """Return the protobuf form of ``s``."""
+    return pb.SamplingParams(
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        max_new_tokens=s.max_new_tokens,
+        stop_at_eos=s.stop_at_eos,
+    )
+
+
+def sampling_from_pb(m: pb.SamplingParams) -> SamplingParams:
+    """Return validated sampling parameters from ``m``."""
+    s = SamplingParams(
+        temperature=_finite(m.temperature, "temperature"),
+        top_k=m.top_k,
+        top_p=_finite(m.top_p, "top_p"),
+        max_new_tokens=m.max_new_tokens,
+        stop_at_eos=m.stop_at_eos,
+    )
+    s.validate()
+    return s
+
+
+def request_to_pb(r: InferenceRequest) -> pb.InferenceRequest:
+    """Return the protobuf form of ``r``."""
+    return pb.InferenceRequest(
+        network_id=r.network_id,
+        request_id=r.request_id,
+        epoch=r.epoch,
+        model_id=r.model_id,
+        prompt_tokens=r.prompt_tokens,
+        sampling=sampling_to_pb(r.sampling),
+        f=r.f,
+        layers_per_verifier=r.layers_per_verifier,
+        validator_set_digest=r.validator_set_digest,
+    )
+
+
+def request_from_pb(m: pb.InferenceRequest) -> InferenceRequest:
+    """Return a validated request from ``m``."""
+    _require(m, "sampling")
+    r = InferenceRequest(
+        network_id=m.network_id,
+        request_id=m.request_id,
+        epoch=m.epoch,
+        model_id=ModelId(m.model_id),
+        prompt_tokens=tuple(m.prompt_tokens),
+        sampling=sampling_from_pb(m.sampling),
+        f=m.f,
+        layers_per_verifier=m.layers_per_verifier,
+        validator_set_digest=Digest(m.validator_set_digest),
+    )
+    r.validate()
+    return r
+
+
+def commitment_to_pb(s: SignedCommitment) -> pb.SignedCommitment:
+    """Return the protobuf form of the signed commitment ``s``."""
+    c = s.commitment
+    return pb.SignedCommitment(
+        commitment=pb.Commitment(
+            network_id=c.network_id,
+            request_digest=c.request_digest,
+            model_id=c.model_id,
+            executor_key=c.executor_key,
+            tokens=c.tokens,
+            prompt_len=c.prompt_len,
+            dtype=c.dtype,
+            backend=c.backend,
+            num_layers=c.num_layers,
+            hidden_size=c.hidden_size,
+            chunk_size=c.chunk_size,
+            merkle_root=c.merkle_root,
+            num_leaves=c.num_leaves,
+        ),
+        signature=s.signature,
+    )
+
+
+def commitment_from_pb(m: pb.SignedCommitment) -> SignedCommitment:
+    """Return a structurally valid signed commitment from ``m`` (signature not yet checked)."""
+    _require(m, "commitment")
+    c = m.commitment
+    commitment = Commitment(
+        network_id=c.network_id,
+        request_digest=Digest(c.request_digest),
+        model_id=ModelId(c.model_id),
+        executor_key=PublicKey(c.executor_key),
+        tokens=tuple(c.tokens),
+        prompt_len=c.prompt_len,
+        dtype=c.dtype,
+        backend=c.backend,
+        num_layers=c.num_layers,
+        hidden_size=c.hidden_size,
+        chunk_size=c.chunk_size,
+        merkle_root=Digest(c.merkle_root),
+        num_leaves=c.num_leaves,
+    )
+    commitment.validate()
+    return SignedCommitment(commitment=commitment, signature=Signature(m.signature))
+
+
+def tile_to_pb(t: TileRef) -> pb.TileRef:
+    """Return the protobuf form of ``t``."""
+    return pb.TileRef(boundary=t.boundary, chunk=t.chunk)
+
+
+def tile_from_pb(m: pb.TileRef) -> TileRef:
+    """Return the tile reference in ``m``."""
+    if m.boundary > MAX_LAYERS or m.chunk > MAX_LEAVES:
+        raise Malformed("tile reference out of range")
+    return TileRef(boundary=m.boundary, chunk=m.chunk)
+
+
+def proof_to_pb(p: MerkleProof) -> pb.MerkleProof:
+    """Return the protobuf form of ``p``."""
+    return pb.MerkleProof(
+        leaf_index=p.leaf_index,
+        tree_size=p.tree_size,
+        steps=[pb.ProofStep(bit=s.bit, digest=s.digest) for s in p.steps],
+    )
+
+
+def proof_from_pb(m: pb.MerkleProof) -> MerkleProof:
+    """Return a structurally valid proof from ``m``."""
+    if len(m.steps) > MAX_PROOF_STEPS:
+        raise Malformed("Merkle proof too long")
+    p = MerkleProof(
+        leaf_index=m.leaf_index,
+        tree_size=m.tree_size,
+        steps=tuple(ProofStep(bit=s.bit, digest=Digest(s.digest)) for s in m.steps),
+    )
+    p.validate()
+    return p
+
+
+def opening_response_to_pb(r: OpeningResponse) -> pb.OpenResponse:
+    """Return the protobuf form of ``r``."""
+    return pb.OpenResponse(
+        network_id=r.network_id,
+        commitment_digest=r.commitment_digest,
+        openings=[
+            pb.TileOpening(tile=tile_to_pb(o.tile), leaf=o.leaf, proof=proof_to_pb(o.proof))
+            for o in r.openings
+        ],
+        signature=r.signature,
+    )
+
+
+def opening_response_from_pb(m: pb.OpenResponse) -> OpeningResponse:
+    """Return a structurally valid opening response from ``m`` (signature not yet checked)."""
+    if len(m.openings) > MAX_OPENINGS:
+        raise Malformed("too many openings")
+    openings = []
+    for o in m.openings:
+        _require(o, "tile")
+        _require(o, "proof")
+        openings.append(
+            TileOpening(tile=tile_from_pb(o.tile), leaf=o.leaf, proof=proof_from_pb(o.proof))
+        )
+    return OpeningResponse(
+        network_id=m.network_id,
+        commitment_digest=Digest(m.commitment_digest),
+        openings=tuple(openings),
+        signature=Signature(m.signature),
+    )
+
+
+def vote_to_pb(v: Vote) -> pb.Vote:
+    """Return the protobuf form of ``v``."""
+    return pb.Vote(
+        network_id=v.network_id,
+        request_digest=v.request_digest,
+        commitment_digest=v.commitment_digest,
+        verifier_key=v.verifier_key,
+        verdict=int(v.verdict),  # type: ignore[arg-type]
+        challenge_signature=v.challenge_signature,
+        layer_checks=[
+            pb.LayerCheck(
+                layer=c.layer,
+                chunks=c.chunks,
+                max_rel_error=c.max_rel_error,
+                worst_position=c.worst_position,
+            )
+            for c in v.layer_checks
+        ],
+        embedding_max_error=v.embedding_max_error,
+        reason=v.reason,
+        signature=v.signature,
+    )
+
+
+def vote_from_pb(m: pb.Vote) -> Vote:
+    """Return a structurally valid vote from ``m`` (signature not yet checked)."""
+    try:
+        verdict = Verdict(m.verdict)
+    except ValueError as exc:
+        raise Malformed(f"unknown verdict {m.verdict}") from exc
+    if len(m.layer_checks) > MAX_LAYERS:
+        raise Malformed("too many layer checks")
+    v = Vote(
+        network_id=m.network_id,
+        request_digest=Digest(m.request_digest),
+        commitment_digest=Digest(m.commitment_digest),
+        verifier_key=PublicKey(m.verifier_key),
+        verdict=verdict,
+        challenge_signature=Signature(m.challenge_signature),
+        layer_checks=tuple(
+            LayerCheck(
+                layer=c.layer,
+                chunks=tuple(c.chunks),
+                max_rel_error=_finite(c.max_rel_error, "max_rel_error"),
+                worst_position=c.worst_position,
+            )
+            for c in m.layer_checks
+        ),
+        embedding_max_error=_finite(m.embedding_max_error, "embedding_max_error"),
+        reason=m.reason,
+        signature=Signature(m.signature),
+    )
+    v.validate()
+    return v
+
+
+def receipt_to_pb(r: Receipt) -> pb.Receipt:
+    """Return the protobuf form of ``r``."""
+    return pb.Receipt(
+        request=request_to_pb(r.request),
+        commitment=commitment_to_pb(r.signed_commitment),
+        validators=list(r.validators),
+        votes=[vote_to_pb(v) for v in r.votes],
+    )
+
+
+def receipt_from_pb(m: pb.Receipt) -> Receipt:
+    """Return a structurally valid receipt from ``m`` (signatures not yet checked)."""
+    _require(m, "request")
+    _require(m, "commitment")
+    if len(m.validators) > MAX_VALIDATORS or len(m.votes) > MAX_VALIDATORS:
+        raise Malformed("too many validators or votes")
+    for key in m.validators:
+        if len(key) != 32:
+            raise Malformed("validator key must be 32 bytes")
+    return Receipt(
+        request=request_from_pb(m.request),
+        signed_commitment=commitment_from_pb(m.commitment),
+        validators=tuple(PublicKey(k) for k in m.validators),
+        votes=tuple(vote_from_pb(v) for v in m.votes),
+    )
