@@ -1,0 +1,133 @@
+"""An embedded network on loopback: 1 assembler, executors and verifiers, real gRPC.
+
+Nodes share the read-only model weights in memory and nothing else: each has its own key and
+its own gRPC server on 127.0.0.1, and all a node learns of another comes over gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import grpc
+
+from bft.assembler import AssemblerPolicy
+from bft.crypto import SigningKey
+from bft.verifier import Thresholds, VerifierCore
+from executor.backend import TorchBackend
+from executor.byzantine import make_byzantine_executor
+from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
+from executor.model import LoadedModel
+from proto import verihive_pb2_grpc as pb_grpc
+from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
+from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
+from verihive.services import ExecutorService, VerifierService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NETWORK_ID = "verihive-local"
+
+
+@dataclass(frozen=True)
+class LocalNetConfig:
+    """Shape of the embedded network. ``f``: tolerated faulty verifiers (committee 3f+1)."""
+
+    num_executors: int = 2
+    num_verifiers: int = 4
+    f: int = 1
+    layers_per_verifier: int = 2
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    byzantine_executor: str | None = None
+    network_id: str = DEFAULT_NETWORK_ID
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+@dataclass
+class LocalNetwork:
+    """Handles of a running embedded network."""
+
+    assembler_address: str
+    executor_addresses: list[str]
+    verifier_addresses: list[str]
+    servers: list[grpc.Server]
+    assembler: AssemblerNode
+    verifier_services: list[VerifierService]
+
+    def close(self, grace: float = 1.0) -> None:
+        """Stop every server and release channels."""
+        self.assembler.close()
+        for s in self.verifier_services:
+            s.close()
+        for server in self.servers:
+            server.stop(grace).wait()
+
+
+def _serve(server: grpc.Server) -> str:
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return f"127.0.0.1:{port}"
+
+
+@contextmanager
+def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator[LocalNetwork]:
+    """Start the network for ``loaded``; the byzantine executor, if any, is tried first."""
+    if config.num_verifiers < 3 * config.f + 1:
+        raise ValueError(f"f={config.f} needs at least {3 * config.f + 1} verifiers")
+    backend = TorchBackend(loaded.model)
+    servers: list[grpc.Server] = []
+    verifier_services: list[VerifierService] = []
+    try:
+        executor_addresses = []
+        for i in range(config.num_executors):
+            key = SigningKey.generate()
+            if i == 0 and config.byzantine_executor:
+                core = make_byzantine_executor(
+                    config.byzantine_executor, key, loaded.model, loaded.model_id,
+                    config.network_id, config.chunk_size,
+                )
+            else:
+                core = ExecutorCore(key, backend, loaded.model_id, config.network_id, config.chunk_size)
+            server = make_server()
+            pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core), server)
+            servers.append(server)
+            executor_addresses.append(_serve(server))
+        verifier_addresses = []
+        for _ in range(config.num_verifiers):
+            vcore = VerifierCore(
+                SigningKey.generate(), backend, loaded.model_id, backend.info.num_layers,
+                backend.info.hidden_size, config.network_id, config.thresholds,
+            )
+            service = VerifierService(vcore, backend.info.name)
+            server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
+            pb_grpc.add_VerifierServicer_to_server(service, server)
+            servers.append(server)
+            verifier_services.append(service)
+            verifier_addresses.append(_serve(server))
+        executors = [
+            fetch_peer(a, "executor", loaded.model_id, config.network_id) for a in executor_addresses
+        ]
+        verifiers = [
+            fetch_peer(a, "verifier", loaded.model_id, config.network_id) for a in verifier_addresses
+        ]
+        policy = AssemblerPolicy(
+            network_id=config.network_id, f=config.f, layers_per_verifier=config.layers_per_verifier
+        )
+        node = AssemblerNode(
+            SigningKey.generate(), policy, loaded.model_id, loaded.tokenizer, executors, verifiers
+        )
+        server = make_server(max_workers=4)
+        pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
+        servers.append(server)
+        net = LocalNetwork(
+            _serve(server), executor_addresses, verifier_addresses, servers, node, verifier_services
+        )
+    except BaseException:
+        for s in servers:
+            s.stop(0)
+        raise
+    try:
+        yield net
+    finally:
+        net.close()

@@ -1,0 +1,131 @@
+"""gRPC plumbing: the one error-mapping interceptor, server and channel factories. [RPC.1]-[RPC.4]"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+
+from bft.errors import (
+    BadSignature,
+    DeadlineExceeded,
+    Ignore,
+    Malformed,
+    NotFound,
+    ProtocolError,
+    Reject,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MAX_MESSAGE_BYTES = 8 * MiB
+"""Default send/receive limit for every call, in bytes. [RPC.3]"""
+MAX_OPEN_MESSAGE_BYTES = 64 * MiB
+"""Receive limit for ``Executor.Open`` responses (activation tiles), in bytes. [RPC.3]"""
+
+# Deadlines, in seconds. [RPC.2]
+EXECUTE_TIMEOUT_S = 900.0
+OPEN_TIMEOUT_S = 60.0
+VERIFY_TIMEOUT_S = 180.0
+INFO_TIMEOUT_S = 10.0
+INFER_TIMEOUT_S = 3600.0
+
+RPC_ERRORS = Counter(
+    "verihive_rpc_errors_total", "RPCs answered with an error status", ["method", "code"]
+)
+
+# Most specific first. [RPC.1]
+_STATUS: tuple[tuple[type[ProtocolError], grpc.StatusCode], ...] = (
+    (Malformed, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadSignature, grpc.StatusCode.UNAUTHENTICATED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Reject, grpc.StatusCode.FAILED_PRECONDITION),
+    (Ignore, grpc.StatusCode.ABORTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+
+def compute_status(exc: ProtocolError) -> grpc.StatusCode:
+    """Return the status code for ``exc``."""
+    for cls, code in _STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Parses requests itself and maps protocol errors to status codes. [RPC.1]
+
+    Unparseable bytes become ``INVALID_ARGUMENT`` (gRPC's own deserialiser would answer
+    ``INTERNAL``); :class:`ProtocolError` subclasses map through ``_STATUS``; anything else is
+    our bug: logged with its traceback and answered ``INTERNAL``. The server keeps serving.
+    """
+
+    def intercept_service(
+        self, continuation: Callable[[Any], Any], handler_call_details: Any
+    ) -> Any:
+        """Wrap the unary-unary handler of the called method."""
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        behavior = handler.unary_unary
+        deserialize = handler.request_deserializer
+
+        def wrapped(raw: bytes, context: grpc.ServicerContext) -> Any:
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                request = deserialize(raw) if deserialize else raw
+                return behavior(request, context)
+            except DecodeError as exc:
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}"
+            except ProtocolError as exc:
+                code, message = compute_status(exc), f"{type(exc).__name__}: {exc}"
+            except Exception:
+                log.exception("internal error in %s", method)
+                code, message = grpc.StatusCode.INTERNAL, "internal error"
+            RPC_ERRORS.labels(method=method, code=code.name).inc()
+            context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+
+
+def make_server(max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Server:
+    """Return a gRPC server with the error interceptor and explicit message limits."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[ErrorMappingInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", MAX_OPEN_MESSAGE_BYTES),
+        ],
+    )
+
+
+def make_channel(address: str, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """Return an insecure channel to ``address`` with explicit message limits."""
+    return grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
+def check_address(address: str) -> str:
+    """Return ``address`` if it looks like ``host:port``; raise :class:`Malformed` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or len(address) > 256 or not 0 < int(port) < 65536:
+        raise Malformed(f"not a host:port address: {address[:64]!r}")
+    return address

@@ -1,0 +1,119 @@
+"""gRPC services: thin shells that convert at the edge and call the protocol cores."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import grpc
+
+from bft.errors import Malformed, ProtocolError
+from bft.messages import Verdict
+from bft.types import DIGEST_SIZE, Digest
+from bft.verifier import VerifierCore
+from executor.core import ExecutorCore
+from proto import convert
+from proto import verihive_pb2 as pb
+from proto import verihive_pb2_grpc as pb_grpc
+from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
+
+log = logging.getLogger(__name__)
+
+
+class ExecutorService(pb_grpc.ExecutorServicer):  # type: ignore[misc]
+    """Serves ``Execute`` and ``Open`` for one :class:`ExecutorCore`."""
+
+    def __init__(self, core: ExecutorCore) -> None:
+        self.core = core
+
+    def GetInfo(self, request: pb.NodeInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        """Return this node's identity and model."""
+        return pb.NodeInfo(
+            public_key=self.core.key.public_key,
+            role="executor",
+            model_id=self.core.model_id,
+            backend=self.core.backend.info.name,
+            network_id=self.core.network_id,
+        )
+
+    def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.ServicerContext
+    ) -> pb.ExecuteResponse:
+        """Run the request and return the signed commitment."""
+        if not request.HasField("request"):
+            raise Malformed("ExecuteRequest.request is missing")
+        signed = self.core.on_execute(convert.request_from_pb(request.request))
+        return pb.ExecuteResponse(commitment=convert.commitment_to_pb(signed))
+
+    def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> pb.OpenResponse:
+        """Return the signed openings of the requested tiles."""
+        if len(request.commitment_digest) != DIGEST_SIZE:
+            raise Malformed("commitment_digest must be 32 bytes")
+        if len(request.tiles) > convert.MAX_OPENINGS:
+            raise Malformed("too many tiles requested")
+        tiles = tuple(convert.tile_from_pb(t) for t in request.tiles)
+        response = self.core.on_open(Digest(request.commitment_digest), tiles)
+        return convert.opening_response_to_pb(response)
+
+
+class VerifierService(pb_grpc.VerifierServicer):  # type: ignore[misc]
+    """Serves ``Verify``: challenge, fetch openings from the executor over gRPC, vote."""
+
+    def __init__(self, core: VerifierCore, backend_name: str) -> None:
+        self.core = core
+        self.backend_name = backend_name
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def GetInfo(self, request: pb.NodeInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        """Return this node's identity and model."""
+        return pb.NodeInfo(
+            public_key=self.core.key.public_key,
+            role="verifier",
+            model_id=self.core.model_id,
+            backend=self.backend_name,
+            network_id=self.core.network_id,
+        )
+
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.Vote:
+        """Check the commitment in ``request`` and return a signed vote."""
+        if not request.HasField("request") or not request.HasField("commitment"):
+            raise Malformed("VerifyRequest needs request and commitment")
+        req = convert.request_from_pb(request.request)
+        signed = convert.commitment_from_pb(request.commitment)
+        address = check_address(request.executor_address)
+        why = self.core.check_commitment(req, signed)  # raises on a bad executor signature
+        ticket = self.core.compute_ticket(req, signed)
+        if why is not None:
+            return convert.vote_to_pb(
+                self.core.compute_vote(req, signed, ticket, Verdict.REJECT, why)
+            )
+        open_request = pb.OpenRequest(
+            commitment_digest=signed.digest,
+            tiles=[convert.tile_to_pb(t) for t in ticket.challenge.required_tiles()],
+        )
+        try:
+            stub = pb_grpc.ExecutorStub(self._channel(address))
+            raw = stub.Open(open_request, timeout=OPEN_TIMEOUT_S)
+            response = convert.opening_response_from_pb(raw)
+        except (grpc.RpcError, ProtocolError) as exc:
+            detail = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc)
+            log.info("openings unavailable from %s: %s", address, detail)
+            vote = self.core.compute_vote(
+                req, signed, ticket, Verdict.UNAVAILABLE, f"openings not served: {detail}"
+            )
+            return convert.vote_to_pb(vote)
+        return convert.vote_to_pb(self.core.on_openings(req, signed, ticket, response))
+
+    def _channel(self, address: str) -> grpc.Channel:
+        with self._lock:
+            if address not in self._channels:
+                self._channels[address] = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
+            return self._channels[address]
+
+    def close(self) -> None:
+        """Close the channels this service opened."""
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
