@@ -1,0 +1,87 @@
+"""End to end over loopback gRPC: bft-infer, receipts, byzantine executors. [ASM.1], [RECEIPT.2]"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from bft.errors import ProtocolError
+from bft.receipt import check_receipt
+from executor.byzantine import MODES
+from proto import convert
+from verihive.cli import infer_main, verify_main
+from verihive.receipts import receipt_from_json
+
+PROMPT = "What is the capital of France?"
+
+
+def _run_json(capsys, *args: str) -> dict:
+    capsys.readouterr()
+    rc = infer_main(["--json", "--model", "tiny", "--max-new-tokens", "12", *args, PROMPT])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == (0 if out["accepted"] else 1)
+    return out
+
+
+def test_honest_request_is_certified(capsys, tmp_path):
+    path = tmp_path / "receipt.json"
+    out = _run_json(capsys, "--receipt-out", str(path))
+    assert out["accepted"] is True
+    assert len(out["attempts"]) == 1
+    assert len(out["votes"]) == 4 and all(v["verdict"] == "ACCEPT" for v in out["votes"])
+    assert all(len(v["layers"]) == 2 for v in out["votes"])
+    assert len(out["merkle_root"]) == 64
+    assert out["receipt"]["commitment"]["commitment"]["merkle_root"]
+    assert verify_main(["receipt", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("valid:")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_byzantine_executor_is_caught_and_honest_serves(capsys, mode):
+    out = _run_json(capsys, "--byzantine-executor", mode)
+    first, second = out["attempts"]
+    assert first["accepted"] is False
+    assert first["verdicts"] == ["REJECT"] * 4  # a whole-run cheat fails every check
+    assert second["accepted"] is True and out["accepted"] is True
+    assert out["executor"] == second["executor"] != first["executor"]
+
+
+def test_every_flipped_byte_fails(capsys, tmp_path):
+    path = tmp_path / "receipt.json"
+    _run_json(capsys, "--receipt-out", str(path), "--max-new-tokens", "4")
+    data = path.read_bytes()
+    receipt = convert.receipt_from_pb(receipt_from_json(data))
+    check_receipt(receipt)
+    rng = random.Random(7)
+    for i in range(len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= rng.randrange(1, 256)
+        with pytest.raises(ProtocolError):
+            check_receipt(convert.receipt_from_pb(receipt_from_json(bytes(flipped))))
+
+
+def test_invalid_receipt_cli_exit_codes(capsys, tmp_path):
+    path = tmp_path / "receipt.json"
+    _run_json(capsys, "--receipt-out", str(path), "--max-new-tokens", "4")
+    obj = json.loads(path.read_text())
+    obj["votes"] = obj["votes"][:2]  # fewer than 2f+1 ACCEPTs
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
+    assert verify_main(["receipt", str(bad)]) == 1
+    assert "needs 3" in capsys.readouterr().out
+    assert verify_main(["receipt", str(tmp_path / "missing.json")]) == 2
+    garbage = tmp_path / "garbage.json"
+    garbage.write_bytes(b"\x00not json")
+    assert verify_main(["receipt", str(garbage)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("invalid:") for line in lines)
+
+
+def test_human_summary(capsys):
+    capsys.readouterr()
+    assert infer_main(["--model", "tiny", "--max-new-tokens", "4", PROMPT]) == 0
+    out = capsys.readouterr().out
+    for needle in ("verification:", "merkle root", "accepted     yes", "max error", "time"):
+        assert needle in out
