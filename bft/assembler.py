@@ -63,7 +63,9 @@ def compute_request(
     return request
 
 
-def check_commitment(request: InferenceRequest, signed: SignedCommitment, executor_id: NodeId) -> None:
+def check_commitment(
+    request: InferenceRequest, signed: SignedCommitment, executor_id: NodeId
+) -> None:
     """Raise unless ``signed`` is by ``executor_id`` and bound to ``request``. [ASM.2]"""
     signed.check()
     c = signed.commitment
@@ -96,7 +98,10 @@ def compute_tally(
 ) -> Tally:
     """Return an empty tally with the committee drawn for ``request``. [COMMITTEE.1]"""
     committee = compute_committee(
-        validators, request.request_id, request.epoch, signed.commitment.executor_id,
+        validators,
+        request.request_id,
+        request.epoch,
+        signed.commitment.executor_id,
         request.committee_size,
     )
     return Tally(request=request, signed=signed, committee=committee)
@@ -138,7 +143,11 @@ def get_final_outcome(tally: Tally) -> Outcome:
     """Return the outcome once no more votes will come (deadline passed). [ASM.4]"""
     outcome = get_outcome(tally)
     if outcome is Outcome.PENDING:
-        return Outcome.CERTIFIED if tally.count(Verdict.ACCEPT) >= tally.request.quorum else Outcome.FAILED
+        return (
+            Outcome.CERTIFIED
+            if tally.count(Verdict.ACCEPT) >= tally.request.quorum
+            else Outcome.FAILED
+        )
     return outcome
 
 

@@ -29,7 +29,9 @@ def compute_committee(
     eligible = {compute_node_id(k): k for k in validators}
     eligible.pop(executor_id, None)
     if len(eligible) < size:
-        raise Unavailable(f"committee of {size} needs more validators than the {len(eligible)} known")
+        raise Unavailable(
+            f"committee of {size} needs more validators than the {len(eligible)} known"
+        )
 
     def rank(node_id: NodeId) -> bytes:
         return sha256(

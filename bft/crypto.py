@@ -44,7 +44,9 @@ def is_valid_signature(public_key: PublicKey, message: Digest, signature: Signat
     return True
 
 
-def check_signature(public_key: PublicKey, message: Digest, signature: Signature, what: str) -> None:
+def check_signature(
+    public_key: PublicKey, message: Digest, signature: Signature, what: str
+) -> None:
     """Raise :class:`BadSignature` naming ``what`` unless ``signature`` verifies."""
     if not is_valid_signature(public_key, message, signature):
         raise BadSignature(f"invalid signature on {what}")

@@ -315,7 +315,9 @@ class OpeningResponse:
 
 def compute_challenge_message(network_id: str, commitment_digest: Digest) -> Digest:
     """Return the digest a verifier signs to derive its challenge seed. [CHAL.1]"""
-    return compute_signing_root(TAG_CHALLENGE, network_id, Canonical().bytes_(commitment_digest).build())
+    return compute_signing_root(
+        TAG_CHALLENGE, network_id, Canonical().bytes_(commitment_digest).build()
+    )
 
 
 @dataclass(frozen=True, slots=True)

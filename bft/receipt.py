@@ -21,7 +21,9 @@ class Receipt:
     votes: tuple[Vote, ...]
 
 
-def check_receipt(receipt: Receipt, trusted_validators: tuple[PublicKey, ...] | None = None) -> None:
+def check_receipt(
+    receipt: Receipt, trusted_validators: tuple[PublicKey, ...] | None = None
+) -> None:
     """Raise :class:`~bft.errors.ProtocolError` with a one-line reason unless valid. [RECEIPT.2]
 
     Needs no model and no network. ``trusted_validators``, when given, pins the validator set

@@ -79,7 +79,8 @@ def compute_rel_errors(
     """Return per-position ``|y' - y| / max(|y - x|, floor)``. [VERIFY.3]"""
     num = np.linalg.norm(recomputed.astype(np.float64) - committed_out, axis=-1)
     den = np.linalg.norm(committed_out.astype(np.float64) - committed_in, axis=-1)
-    return num / np.maximum(den, _NORM_FLOOR)
+    errs: npt.NDArray[np.float64] = num / np.maximum(den, _NORM_FLOOR)
+    return errs
 
 
 class VerifierCore:
@@ -132,7 +133,9 @@ class VerifierCore:
         ]
         return next((why for bad, why in problems if bad), None)
 
-    def compute_ticket(self, request: InferenceRequest, signed: SignedCommitment) -> ChallengeTicket:
+    def compute_ticket(
+        self, request: InferenceRequest, signed: SignedCommitment
+    ) -> ChallengeTicket:
         """Return this verifier's challenge for ``signed``. [CHAL.1]"""
         sig = self.key.sign(compute_challenge_message(self.network_id, signed.digest))
         c = signed.commitment
@@ -182,7 +185,11 @@ class VerifierCore:
         ):
             # Not attributable to the executor: a liveness fault, never a slash. [VERIFY.5]
             return self.compute_vote(
-                request, signed, ticket, Verdict.UNAVAILABLE, "opening response not signed by executor"
+                request,
+                signed,
+                ticket,
+                Verdict.UNAVAILABLE,
+                "opening response not signed by executor",
             )
         try:
             tiles = self._open_tiles(signed, ticket.challenge, response)
@@ -196,7 +203,10 @@ class VerifierCore:
         t = self.thresholds
         worst = max((ch.max_rel_error for ch in checks), default=0.0)
         if emb_err > t.embedding_rel_error_max:
-            verdict, reason = Verdict.REJECT, f"boundary 0 differs from the token embeddings ({emb_err:.3g})"
+            verdict, reason = (
+                Verdict.REJECT,
+                f"boundary 0 differs from the token embeddings ({emb_err:.3g})",
+            )
         elif worst > t.layer_rel_error_max:
             bad = next(ch for ch in checks if ch.max_rel_error == worst)
             verdict, reason = Verdict.REJECT, f"layer {bad.layer} recomputes with error {worst:.3g}"

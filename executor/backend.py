@@ -49,7 +49,7 @@ class Backend(Protocol):
         ...
 
     def run_layer(self, layer: int, hidden_in: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Return decoder layer ``layer`` (1-based) applied to positions ``0..P-1`` of ``hidden_in``."""
+        """Return layer ``layer`` (1-based) applied to positions ``0..P-1`` of ``hidden_in``."""
         ...
 
 
@@ -98,7 +98,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def prove(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
-        """Return ``[L+1, T, H]`` raw decoder-layer outputs (boundary L is before the final norm)."""
+        """Return ``[L+1, T, H]`` raw decoder-layer outputs (boundary L precedes the final norm)."""
         h = self.model.model.embed_tokens(torch.tensor([list(tokens)], dtype=torch.long))
         states = [h[0]]
         layers = self.model.model.layers
@@ -106,13 +106,13 @@ class TorchBackend:
         for layer in layers:
             h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
             states.append(h[0])
-        return torch.stack(states).float().numpy()
+        return np.asarray(torch.stack(states).float().numpy(), dtype=np.float32)
 
     @torch.inference_mode()
     def embed(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return the embedding rows of ``tokens``."""
         ids = torch.tensor(list(tokens), dtype=torch.long)
-        return self.model.model.embed_tokens(ids).float().numpy()
+        return np.asarray(self.model.model.embed_tokens(ids).float().numpy(), dtype=np.float32)
 
     @torch.inference_mode()
     def run_layer(self, layer: int, hidden_in: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -124,13 +124,14 @@ class TorchBackend:
         out = self.model.model.layers[layer - 1](
             h, attention_mask=mask, position_ids=pos, position_embeddings=rope
         )
-        return out[0].float().numpy()
+        return np.asarray(out[0].float().numpy(), dtype=np.float32)
 
     @torch.inference_mode()
     def final_logits(self, hidden_last: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Return LM-head logits for boundary-L states ``[P, H]`` (final norm applied)."""
         h = torch.from_numpy(np.ascontiguousarray(hidden_last, dtype=np.float32))
-        return self.model.lm_head(self.model.model.norm(h)).float().numpy()
+        logits = self.model.lm_head(self.model.model.norm(h))
+        return np.asarray(logits.float().numpy(), dtype=np.float32)
 
     def _attention_inputs(
         self, h: torch.Tensor

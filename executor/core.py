@@ -140,7 +140,9 @@ class ExecutorCore:
                 raise Malformed(f"tile ({tile.boundary},{tile.chunk}) outside the commitment")
             index = compute_leaf_index(tile.boundary, tile.chunk, c.num_chunks)
             openings.append(self.compute_opening(run, tile, index))
-        unsigned = OpeningResponse(self.network_id, commitment_digest, tuple(openings), Signature(b""))
+        unsigned = OpeningResponse(
+            self.network_id, commitment_digest, tuple(openings), Signature(b"")
+        )
         return OpeningResponse(
             unsigned.network_id,
             unsigned.commitment_digest,

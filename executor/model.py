@@ -167,4 +167,6 @@ def load_tiny(seed: int = 0, num_layers: int = 4) -> LoadedModel:
     """Return the tiny seeded random model with the SmolLM2 tokenizer."""
     config = build_tiny_config(num_layers)
     model = build_random_model(config, seed)
-    return LoadedModel(f"tiny-llama-seed{seed}", model, load_tokenizer(), compute_model_id(model, config))
+    return LoadedModel(
+        f"tiny-llama-seed{seed}", model, load_tokenizer(), compute_model_id(model, config)
+    )

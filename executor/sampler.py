@@ -32,7 +32,9 @@ def compute_gumbel_noise(seed: bytes, position: int, vocab: int) -> npt.NDArray[
     return -np.log(-np.log(u))
 
 
-def compute_allowed(scaled: npt.NDArray[np.float64], params: SamplingParams) -> npt.NDArray[np.bool_]:
+def compute_allowed(
+    scaled: npt.NDArray[np.float64], params: SamplingParams
+) -> npt.NDArray[np.bool_]:
     """Return the mask of tokens that survive top-k then top-p on ``scaled`` logits."""
     allowed = np.ones(scaled.shape[0], dtype=bool)
     if 0 < params.top_k < scaled.shape[0]:

@@ -85,10 +85,12 @@ class ActivationTree:
 
 
 def check_inclusion(root: Digest, tree_size: int, leaf: bytes, proof: MerkleProof) -> None:
-    """Raise :class:`Reject` unless ``proof`` shows ``leaf`` in the tree with ``root``. [MERKLE.3]"""
+    """Raise :class:`Reject` unless ``proof`` puts ``leaf`` in the tree of ``root``. [MERKLE.3]"""
     proof.validate()
     if proof.tree_size != tree_size:
-        raise Reject(f"proof is for a tree of {proof.tree_size} leaves, commitment says {tree_size}")
+        raise Reject(
+            f"proof is for a tree of {proof.tree_size} leaves, commitment says {tree_size}"
+        )
     pm_proof = InclusionProof(
         HASH_ALGORITHM,
         True,

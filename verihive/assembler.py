@@ -122,7 +122,7 @@ class AssemblerNode:
         )
         if len(ids) >= MAX_TOKENS:
             raise Malformed("prompt too long")
-        return tuple(int(i) for i in ids)
+        return tuple(int(i) for i in list(ids))
 
     def infer(self, prompt: str, sampling: SamplingParams) -> tuple[str, list[AttemptResult]]:
         """Try executors in order until one is certified; return the text and all attempts."""
@@ -135,7 +135,7 @@ class AssemblerNode:
             log.info("attempt on %s: %s %s", executor.address, result.outcome.value, result.reason)
             if result.outcome is Outcome.CERTIFIED and result.tally is not None:
                 out = result.tally.signed.commitment.output_tokens
-                return self.tokenizer.decode(list(out), skip_special_tokens=True), attempts
+                return str(self.tokenizer.decode(list(out), skip_special_tokens=True)), attempts
         return "", attempts
 
     def run_attempt(
@@ -200,7 +200,7 @@ class AssemblerNode:
         return convert.receipt_to_pb(build_receipt(attempt.tally, self.validators))
 
 
-class AssemblerService(pb_grpc.AssemblerServicer):  # type: ignore[misc]
+class AssemblerService(pb_grpc.AssemblerServicer):
     """Serves ``Infer`` for clients."""
 
     def __init__(self, node: AssemblerNode) -> None:

@@ -71,7 +71,9 @@ def format_summary(result: dict[str, Any]) -> str:
     lines.append(f"  model        {result['model']}  model_id {result['model_id'][:16]}")
     for i, a in enumerate(result["attempts"], 1):
         status = "ACCEPTED" if a["accepted"] else "REJECTED"
-        lines.append(f"  attempt {i}    executor {a['executor'][:12]}  {status}  ({a['seconds']:.2f}s)")
+        lines.append(
+            f"  attempt {i}    executor {a['executor'][:12]}  {status}  ({a['seconds']:.2f}s)"
+        )
         if a["reason"]:
             lines.append(f"               reason: {a['reason']}")
         for v in a["votes"]:
@@ -94,7 +96,8 @@ def format_summary(result: dict[str, Any]) -> str:
 def infer_main(argv: list[str] | None = None) -> int:
     """Run ``bft-infer``: one verified request on an embedded loopback network."""
     p = argparse.ArgumentParser(
-        prog="bft-infer", description="Run a prompt on an embedded verihive network (loopback gRPC)."
+        prog="bft-infer",
+        description="Run a prompt on an embedded verihive network (loopback gRPC).",
     )
     p.add_argument("prompt")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -105,7 +108,9 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--layers-per-verifier", type=int, default=2, help="k, layers each verifier checks")
+    p.add_argument(
+        "--layers-per-verifier", type=int, default=2, help="k, layers each verifier checks"
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -149,7 +154,9 @@ def verify_main(argv: list[str] | None = None) -> int:
     """Run ``bft-verify``: offline checks (``receipt FILE``)."""
     p = argparse.ArgumentParser(prog="bft-verify", description="verihive validator tools")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("receipt", help="check a receipt offline (exit 0 valid, 1 invalid, 2 unreadable)")
+    r = sub.add_parser(
+        "receipt", help="check a receipt offline (exit 0 valid, 1 invalid, 2 unreadable)"
+    )
     r.add_argument("file", type=Path)
     args = p.parse_args(argv)
     if args.command == "receipt":
@@ -166,8 +173,9 @@ def verify_main(argv: list[str] | None = None) -> int:
             return 1
         c = receipt.signed_commitment.commitment
         print(
-            f"valid: {len(receipt.votes)} ACCEPT votes (quorum {receipt.request.quorum}) on commitment"
-            f" {short_hex(receipt.signed_commitment.digest)} by executor {short_hex(c.executor_id)},"
+            f"valid: {len(receipt.votes)} ACCEPT votes (quorum {receipt.request.quorum})"
+            f" on commitment {short_hex(receipt.signed_commitment.digest)}"
+            f" by executor {short_hex(c.executor_id)},"
             f" {len(c.output_tokens)} output tokens, merkle root {c.merkle_root.hex()}"
         )
         return 0

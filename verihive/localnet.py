@@ -84,11 +84,17 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
             key = SigningKey.generate()
             if i == 0 and config.byzantine_executor:
                 core = make_byzantine_executor(
-                    config.byzantine_executor, key, loaded.model, loaded.model_id,
-                    config.network_id, config.chunk_size,
+                    config.byzantine_executor,
+                    key,
+                    loaded.model,
+                    loaded.model_id,
+                    config.network_id,
+                    config.chunk_size,
                 )
             else:
-                core = ExecutorCore(key, backend, loaded.model_id, config.network_id, config.chunk_size)
+                core = ExecutorCore(
+                    key, backend, loaded.model_id, config.network_id, config.chunk_size
+                )
             server = make_server()
             pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core), server)
             servers.append(server)
@@ -96,8 +102,13 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
         verifier_addresses = []
         for _ in range(config.num_verifiers):
             vcore = VerifierCore(
-                SigningKey.generate(), backend, loaded.model_id, backend.info.num_layers,
-                backend.info.hidden_size, config.network_id, config.thresholds,
+                SigningKey.generate(),
+                backend,
+                loaded.model_id,
+                backend.info.num_layers,
+                backend.info.hidden_size,
+                config.network_id,
+                config.thresholds,
             )
             service = VerifierService(vcore, backend.info.name)
             server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
@@ -106,10 +117,12 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
             verifier_services.append(service)
             verifier_addresses.append(_serve(server))
         executors = [
-            fetch_peer(a, "executor", loaded.model_id, config.network_id) for a in executor_addresses
+            fetch_peer(a, "executor", loaded.model_id, config.network_id)
+            for a in executor_addresses
         ]
         verifiers = [
-            fetch_peer(a, "verifier", loaded.model_id, config.network_id) for a in verifier_addresses
+            fetch_peer(a, "verifier", loaded.model_id, config.network_id)
+            for a in verifier_addresses
         ]
         policy = AssemblerPolicy(
             network_id=config.network_id, f=config.f, layers_per_verifier=config.layers_per_verifier

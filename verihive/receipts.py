@@ -1,4 +1,4 @@
-"""Receipt files: the proto3 JSON mapping of ``verihive.v1.Receipt``, canonically serialised. [RECEIPT.3]
+"""Receipt files: proto3 JSON of ``verihive.v1.Receipt``, canonically serialised. [RECEIPT.3]
 
 Canonical form is ``json.dumps(obj, sort_keys=True, separators=(",", ":"))`` plus a newline.
 A file that is not byte-identical to the re-serialisation of what it parses to is rejected, so

@@ -1,4 +1,4 @@
-"""gRPC plumbing: the one error-mapping interceptor, server and channel factories. [RPC.1]-[RPC.4]"""
+"""gRPC plumbing: the error-mapping interceptor, server and channel factories. [RPC.1]-[RPC.4]"""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, 
 log = logging.getLogger(__name__)
 
 
-class ExecutorService(pb_grpc.ExecutorServicer):  # type: ignore[misc]
+class ExecutorService(pb_grpc.ExecutorServicer):
     """Serves ``Execute`` and ``Open`` for one :class:`ExecutorCore`."""
 
     def __init__(self, core: ExecutorCore) -> None:
@@ -56,7 +56,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):  # type: ignore[misc]
         return convert.opening_response_to_pb(response)
 
 
-class VerifierService(pb_grpc.VerifierServicer):  # type: ignore[misc]
+class VerifierService(pb_grpc.VerifierServicer):
     """Serves ``Verify``: challenge, fetch openings from the executor over gRPC, vote."""
 
     def __init__(self, core: VerifierCore, backend_name: str) -> None:

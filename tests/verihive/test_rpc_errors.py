@@ -50,7 +50,9 @@ def _raw_call(address: str, method: str, payload: bytes) -> grpc.RpcError | byte
 def _execute(net, request_pb: pb.InferenceRequest) -> pb.ExecuteResponse:
     channel = make_channel(net.executor_addresses[0])
     try:
-        return pb_grpc.ExecutorStub(channel).Execute(pb.ExecuteRequest(request=request_pb), timeout=60)
+        return pb_grpc.ExecutorStub(channel).Execute(
+            pb.ExecuteRequest(request=request_pb), timeout=60
+        )
     finally:
         channel.close()
 
@@ -61,8 +63,12 @@ def _code(result: grpc.RpcError | bytes) -> grpc.StatusCode:
 
 
 def test_invalid_garbage_bytes_then_good_request(net, good_request):
-    for method in ("/verihive.v1.Executor/Execute", "/verihive.v1.Verifier/Verify",
-                   "/verihive.v1.Executor/Open", "/verihive.v1.Assembler/Infer"):
+    for method in (
+        "/verihive.v1.Executor/Execute",
+        "/verihive.v1.Verifier/Verify",
+        "/verihive.v1.Executor/Open",
+        "/verihive.v1.Assembler/Infer",
+    ):
         address = {
             "Executor": net.executor_addresses[0],
             "Verifier": net.verifier_addresses[0],
@@ -107,8 +113,11 @@ def test_invalid_nan_temperature(net, good_request):
 
 
 def test_invalid_oversized_message(net):
-    result = _raw_call(net.executor_addresses[0], "/verihive.v1.Executor/Execute",
-                       b"\x00" * (MAX_MESSAGE_BYTES + 1024))
+    result = _raw_call(
+        net.executor_addresses[0],
+        "/verihive.v1.Executor/Execute",
+        b"\x00" * (MAX_MESSAGE_BYTES + 1024),
+    )
     assert _code(result) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
@@ -133,14 +142,24 @@ def test_invalid_commitment_signature_is_unauthenticated(net, good_request):
     try:
         stub = pb_grpc.VerifierStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Verify(pb.VerifyRequest(request=convert.request_to_pb(good_request),
-                                         commitment=forged,
-                                         executor_address=net.executor_addresses[0]), timeout=30)
+            stub.Verify(
+                pb.VerifyRequest(
+                    request=convert.request_to_pb(good_request),
+                    commitment=forged,
+                    executor_address=net.executor_addresses[0],
+                ),
+                timeout=30,
+            )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # The verifier keeps serving: the genuine commitment gets a real ACCEPT.
-        vote = stub.Verify(pb.VerifyRequest(request=convert.request_to_pb(good_request),
-                                            commitment=reply.commitment,
-                                            executor_address=net.executor_addresses[0]), timeout=30)
+        vote = stub.Verify(
+            pb.VerifyRequest(
+                request=convert.request_to_pb(good_request),
+                commitment=reply.commitment,
+                executor_address=net.executor_addresses[0],
+            ),
+            timeout=30,
+        )
     finally:
         channel.close()
     assert vote.verdict == pb.ACCEPT
@@ -151,14 +170,19 @@ def test_invalid_commitment_from_stranger_key(net, good_request):
     signed = convert.commitment_from_pb(reply.commitment)
     stranger = SigningKey.generate()
     from dataclasses import replace
+
     c = replace(signed.commitment, executor_key=stranger.public_key)
     resigned = type(signed)(c, stranger.sign(c.signing_root()))
     channel = make_channel(net.verifier_addresses[1])
     try:
         vote = pb_grpc.VerifierStub(channel).Verify(
-            pb.VerifyRequest(request=convert.request_to_pb(good_request),
-                             commitment=convert.commitment_to_pb(resigned),
-                             executor_address=net.executor_addresses[0]), timeout=30)
+            pb.VerifyRequest(
+                request=convert.request_to_pb(good_request),
+                commitment=convert.commitment_to_pb(resigned),
+                executor_address=net.executor_addresses[0],
+            ),
+            timeout=30,
+        )
     finally:
         channel.close()
     # The executor at that address holds no such commitment: openings are not served.
@@ -171,9 +195,13 @@ def test_invalid_executor_address(net, good_request):
     try:
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.VerifierStub(channel).Verify(
-                pb.VerifyRequest(request=convert.request_to_pb(good_request),
-                                 commitment=reply.commitment, executor_address="no-port"),
-                timeout=30)
+                pb.VerifyRequest(
+                    request=convert.request_to_pb(good_request),
+                    commitment=reply.commitment,
+                    executor_address="no-port",
+                ),
+                timeout=30,
+            )
     finally:
         channel.close()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
