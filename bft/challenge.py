@@ -1,8 +1,10 @@
 """Challenge derivation: which layers and tiles a verifier checks. [CHAL.1]-[CHAL.4]
 
-A verifier signs ``compute_challenge_message(commitment digest)``; Ed25519 signatures are
-deterministic, so the executor cannot predict the seed (it lacks the verifier's key), the
-verifier cannot grind it (one key, one signature), and anyone can recheck it.
+A verifier signs ``compute_challenge_message(commitment digest)`` and hashes the signature.
+The executor cannot predict the seed (it lacks the verifier's key) and anyone can recheck it.
+A verifier *can* grind it (Ed25519 signing is deterministic per RFC 8032, but a key holder can
+make other valid signatures with other nonces); that gains a faulty verifier nothing it could
+not get by voting falsely, and a VRF would remove it. [CHAL.2]
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
-from bft.errors import Malformed, Reject
+from bft.errors import Reject
 
 MAGIC = b"VHT1"
 _HEADER = struct.Struct(">4sIIBBII")
@@ -58,8 +58,8 @@ def decode_tile(
     Raises :class:`Reject` when a well-formed leaf describes another tile than the one asked
     for, or holds non-finite values (the executor signed it, so that is provable).
     """
-    if len(leaf) < HEADER_SIZE:
-        raise Malformed("tile shorter than its header")
+    if len(leaf) < HEADER_SIZE:  # the executor signed this leaf's hash: provable
+        raise Reject("tile shorter than its header")
     magic, b, c, code, ndim, r, k = _HEADER.unpack_from(leaf)
     if magic != MAGIC or ndim != 2 or code not in _ITEMSIZE:
         raise Reject("tile header is not a verihive tile")

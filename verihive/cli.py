@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bft.crypto import compute_node_id
-from bft.errors import ProtocolError
+from bft.errors import Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
 from bft.receipt import check_receipt
 from bft.types import PublicKey, short_hex
@@ -150,6 +150,20 @@ def infer_main(argv: list[str] | None = None) -> int:
     return 0 if reply.accepted else 1
 
 
+def _read_validators(path: Path) -> tuple[PublicKey, ...]:
+    """Return the hex public keys listed one per line in ``path``."""
+    keys = []
+    for line in path.read_text().split():
+        try:
+            key = bytes.fromhex(line)
+        except ValueError as exc:
+            raise Malformed(f"{path}: not a hex key: {line[:20]!r}") from exc
+        if len(key) != 32:
+            raise Malformed(f"{path}: keys must be 32 bytes")
+        keys.append(PublicKey(key))
+    return tuple(keys)
+
+
 def verify_main(argv: list[str] | None = None) -> int:
     """Run ``bft-verify``: offline checks (``receipt FILE``)."""
     p = argparse.ArgumentParser(prog="bft-verify", description="verihive validator tools")
@@ -158,6 +172,11 @@ def verify_main(argv: list[str] | None = None) -> int:
         "receipt", help="check a receipt offline (exit 0 valid, 1 invalid, 2 unreadable)"
     )
     r.add_argument("file", type=Path)
+    r.add_argument(
+        "--validators",
+        type=Path,
+        help="file of trusted validator public keys (hex, one per line) the receipt must name",
+    )
     args = p.parse_args(argv)
     if args.command == "receipt":
         try:
@@ -166,8 +185,9 @@ def verify_main(argv: list[str] | None = None) -> int:
             print(f"invalid: cannot read {args.file}: {exc.strerror}")
             return 2
         try:
+            trusted = _read_validators(args.validators) if args.validators else None
             receipt = convert.receipt_from_pb(receipt_from_json(data))
-            check_receipt(receipt)
+            check_receipt(receipt, trusted)
         except ProtocolError as exc:
             print(f"invalid: {exc}")
             return 1
