@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 
@@ -91,13 +92,12 @@ def test_receipt_pinned_validator_set(capsys, tmp_path):
     path = tmp_path / "receipt.json"
     _run_json(capsys, "--receipt-out", str(path), "--max-new-tokens", "4")
     keys = json.loads(path.read_text())["validators"]
-    import base64
-
     good = tmp_path / "validators.txt"
     good.write_text("\n".join(base64.b64decode(k).hex() for k in keys) + "\n")
     assert verify_main(["receipt", str(path), "--validators", str(good)]) == 0
     other = tmp_path / "other.txt"
-    other.write_text("\n".join(base64.b64decode(k).hex() for k in keys[:-1]) + "\n" + "ab" * 32 + "\n")
+    stranger = "ab" * 32
+    other.write_text("\n".join([*(base64.b64decode(k).hex() for k in keys[:-1]), stranger]))
     capsys.readouterr()
     assert verify_main(["receipt", str(path), "--validators", str(other)]) == 1
     assert "trusted" in capsys.readouterr().out
