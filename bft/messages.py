@@ -304,9 +304,16 @@ class OpeningResponse:
     signature: Signature
 
     def signing_root(self) -> Digest:
-        """Return the digest the executor signs: commitment digest and each (tile, leaf hash)."""
+        """Return the digest the executor signs: commitment digest; each tile, leaf hash, proof."""
         items = [
-            Canonical().u64(o.tile.boundary).u64(o.tile.chunk).bytes_(sha256(o.leaf)).build()
+            Canonical()
+            .u64(o.tile.boundary)
+            .u64(o.tile.chunk)
+            .bytes_(sha256(o.leaf))
+            .u64(o.proof.leaf_index)
+            .u64(o.proof.tree_size)
+            .list_(Canonical().u64(s.bit).bytes_(s.digest).build() for s in o.proof.steps)
+            .build()
             for o in self.openings
         ]
         body = Canonical().bytes_(self.commitment_digest).list_(items).build()

@@ -2,9 +2,9 @@
 
 The executor never chooses randomness: the noise for the token at sequence position ``p`` is
 drawn from NumPy's Philox4x64-10 generator keyed by ``sha256(seed || u64(p))[:16]`` (seed from
-the request id). Sampling is Gumbel-max: ``argmax(logits / T + g)`` over the tokens that survive
-top-k and top-p filtering, with ``g = -log(-log(u))``. Temperature 0 is greedy argmax (ties go
-to the lowest token id).
+the request id). Sampling is Gumbel-max: ``argmax((logits - max) / T + g)`` over the tokens
+that survive top-k and top-p filtering, with ``g = -log(-log(u))``. Temperature 0 is greedy
+argmax (ties go to the lowest token id).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def sample_token(
     x = np.asarray(logits, dtype=np.float64)
     if params.temperature == 0.0:
         return int(np.argmax(x))
-    scaled = x / params.temperature
+    with np.errstate(over="ignore"):  # a subnormal T sends non-maximal logits to -inf: intended
+        scaled = (x - x.max()) / params.temperature
     allowed = compute_allowed(scaled, params)
     scores = np.where(allowed, scaled + compute_gumbel_noise(seed, position, x.shape[0]), -np.inf)
     return int(np.argmax(scores))

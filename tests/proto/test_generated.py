@@ -12,7 +12,8 @@ def test_generated_code_is_reproducible(tmp_path: Path) -> None:
     assert [p.name for p in fresh] == list(OUTPUTS)
     for path in fresh:
         committed = ROOT / "proto" / path.name
-        assert committed.read_bytes() == path.read_bytes(), f"{path.name} is stale: run python -m proto.generate"
+        stale = f"{path.name} is stale: run python -m proto.generate"
+        assert committed.read_bytes() == path.read_bytes(), stale
 
 
 def test_services_and_package_are_versioned() -> None:

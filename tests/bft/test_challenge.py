@@ -1,0 +1,208 @@
+"""Challenge derivation: sampled layers and the tiles to open. [CHAL.1]-[CHAL.4]"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bft.challenge import (
+    Challenge,
+    LayerChallenge,
+    compute_challenge,
+    compute_sample,
+    compute_seed,
+)
+from bft.crypto import SigningKey
+from bft.messages import TileRef, compute_challenge_message
+from bft.types import Digest, Signature
+from tests.stats import chi2_critical, chi2_statistic
+
+seeds = st.binary(min_size=32, max_size=32)
+signatures = st.binary(min_size=64, max_size=64).map(Signature)
+
+
+def reference_sample(seed: bytes, label: str, population: int, k: int) -> tuple[int, ...]:
+    """Return the sample as [CHAL.4] words it, written out independently of the library."""
+    if population <= 0 or k <= 0:
+        return ()
+    limit = 2**64 - 2**64 % population
+    chosen: set[int] = set()
+    i = 0
+    while len(chosen) < min(k, population):
+        x = int.from_bytes(
+            hashlib.sha256(seed + label.encode() + i.to_bytes(4, "big")).digest()[:8]
+        )
+        i += 1
+        if x < limit:
+            chosen.add(x % population)
+    return tuple(sorted(chosen))
+
+
+@settings(deadline=None)
+@given(seeds, st.text(max_size=8), st.integers(-3, 200), st.integers(-3, 250))
+def test_sample_is_distinct_sorted_in_range_and_deterministic(seed, label, population, k):
+    out = compute_sample(seed, label, population, k)
+    want = min(k, population) if population > 0 and k > 0 else 0
+    assert len(out) == want
+    assert list(out) == sorted(set(out))
+    assert all(0 <= v < population for v in out)
+    assert compute_sample(seed, label, population, k) == out
+
+
+@settings(deadline=None)
+@given(seeds, st.sampled_from(["layers", "chunks", ""]), st.integers(1, 100), st.integers(1, 20))
+def test_sample_matches_the_reference_definition(seed, label, population, k):
+    assert compute_sample(seed, label, population, k) == reference_sample(
+        seed, label, population, k
+    )
+
+
+@given(seeds, st.integers(1, 60), st.integers(0, 40))
+def test_sample_larger_than_population_is_clipped_to_everything(seed, population, extra):
+    assert compute_sample(seed, "layers", population, population + extra) == tuple(
+        range(population)
+    )
+
+
+def test_sample_depends_on_seed_and_label():
+    base = compute_sample(b"\x00" * 32, "layers", 1000, 5)
+    assert compute_sample(b"\x01" + b"\x00" * 31, "layers", 1000, 5) != base
+    assert compute_sample(b"\x00" * 32, "chunks", 1000, 5) != base
+    picks = {compute_sample(bytes([i]) * 32, "layers", 30, 2) for i in range(40)}
+    assert len(picks) > 10
+
+
+def test_sample_prefix_property():
+    # Asking for more picks extends the same draw: a smaller sample is a subset of a larger one.
+    seed = hashlib.sha256(b"prefix").digest()
+    small, large = compute_sample(seed, "x", 50, 5), compute_sample(seed, "x", 50, 20)
+    assert set(small) <= set(large)
+
+
+def test_sample_is_uniform():
+    # One pick from 6 over 3000 seeds; false-alarm probability of the bound: 1e-6.
+    population, n = 6, 3000
+    counts = [0] * population
+    for i in range(n):
+        (v,) = compute_sample(
+            hashlib.sha256(i.to_bytes(4, "big")).digest(), "layers", population, 1
+        )
+        counts[v] += 1
+    stat = chi2_statistic(counts, [1 / population] * population)
+    assert stat < chi2_critical(population - 1, 1e-6)
+
+
+@given(signatures, st.integers(1, 40), st.integers(1, 10), st.integers(1, 50))
+def test_challenge_samples_distinct_layers_with_every_chunk(
+    sig, num_layers, num_chunks, per_verifier
+):
+    ch = compute_challenge(sig, num_layers, num_chunks, per_verifier)
+    layers = [lc.layer for lc in ch.layers]
+    assert len(layers) == min(per_verifier, num_layers)
+    assert layers == sorted(set(layers))
+    assert all(1 <= b <= num_layers for b in layers)
+    assert all(lc.chunks == tuple(range(num_chunks)) for lc in ch.layers)
+    assert ch.num_chunks == num_chunks
+    assert ch.seed == compute_seed(sig) == hashlib.sha256(sig).digest()
+    assert tuple(b - 1 for b in layers) == compute_sample(
+        ch.seed, "layers", num_layers, per_verifier
+    )
+    assert compute_challenge(sig, num_layers, num_chunks, per_verifier) == ch
+
+
+def test_challenge_depends_on_the_signature():
+    picks = {
+        tuple(lc.layer for lc in compute_challenge(Signature(bytes([i]) * 64), 30, 4, 2).layers)
+        for i in range(40)
+    }
+    assert len(picks) > 10
+
+
+def reference_tiles(challenge: Challenge) -> set[tuple[int, int]]:
+    """Return the tiles [CHAL.3] requires, as (boundary, chunk) pairs."""
+    tiles = {(0, c) for c in range(challenge.num_chunks)}
+    for lc in challenge.layers:
+        tiles |= {(lc.layer - 1, c) for c in range(max(lc.chunks) + 1)}
+        tiles |= {(lc.layer, c) for c in lc.chunks}
+    return tiles
+
+
+@st.composite
+def challenges(draw):
+    num_chunks = draw(st.integers(1, 8))
+    layers = draw(
+        st.lists(
+            st.builds(
+                LayerChallenge,
+                layer=st.integers(1, 12),
+                chunks=st.sets(st.integers(0, num_chunks - 1), min_size=1).map(
+                    lambda s: tuple(sorted(s))
+                ),
+            ),
+            max_size=4,
+        )
+    )
+    return Challenge(seed=b"\x00" * 32, layers=tuple(layers), num_chunks=num_chunks)
+
+
+@given(challenges())
+def test_required_tiles_are_exactly_the_reference_set_sorted_without_duplicates(ch):
+    tiles = ch.required_tiles()
+    pairs = [(t.boundary, t.chunk) for t in tiles]
+    assert pairs == sorted(set(pairs))
+    assert set(pairs) == reference_tiles(ch)
+
+
+def test_required_tiles_boundary_zero_prefix_and_output_chunks():
+    ch = Challenge(seed=b"", layers=(LayerChallenge(3, (1,)),), num_chunks=4)
+    assert ch.required_tiles() == (
+        TileRef(0, 0),
+        TileRef(0, 1),
+        TileRef(0, 2),
+        TileRef(0, 3),
+        TileRef(2, 0),
+        TileRef(2, 1),
+        TileRef(3, 1),
+    )
+
+
+def test_required_tiles_of_layer_one_reuse_boundary_zero():
+    ch = Challenge(seed=b"", layers=(LayerChallenge(1, (0, 2)),), num_chunks=3)
+    assert ch.required_tiles() == (
+        TileRef(0, 0),
+        TileRef(0, 1),
+        TileRef(0, 2),
+        TileRef(1, 0),
+        TileRef(1, 2),
+    )
+
+
+@given(signatures, st.integers(1, 16), st.integers(1, 6), st.integers(1, 4))
+def test_required_tiles_of_a_computed_challenge_cover_whole_boundaries(sig, layers, chunks, k):
+    ch = compute_challenge(sig, layers, chunks, k)
+    tiles = set(ch.required_tiles())
+    for b in {0} | {lc.layer for lc in ch.layers} | {lc.layer - 1 for lc in ch.layers}:
+        assert {TileRef(b, c) for c in range(chunks)} <= tiles
+    boundaries = {t.boundary for t in tiles}
+    assert boundaries == {0} | {lc.layer for lc in ch.layers} | {lc.layer - 1 for lc in ch.layers}
+
+
+# --- the spec's worked examples
+
+
+def test_spec_example_sample():
+    # [CHAL.4] example.
+    assert compute_sample(b"\x00" * 32, "layers", 30, 2) == (3, 10)
+
+
+def test_spec_example_challenge():
+    # [CHAL.2] example: key of seed 00 x 32, network testnet, commitment digest 00 x 32.
+    message = compute_challenge_message("testnet", Digest(b"\x00" * 32))
+    assert message.hex() == "d1d0ad294ed18aea09d610f20f5fdd140ba6f36c4a79258dbbf03100923d49bf"
+    signature = SigningKey.from_seed(b"\x00" * 32).sign(message)
+    assert signature.hex().startswith("06c37df5932d7047")
+    ch = compute_challenge(signature, num_layers=30, num_chunks=1, layers_per_verifier=2)
+    assert ch.seed.hex() == "26476879dd36c6b82bf683588ea0d3932fbe2b4f74e8d0614d1fb89a3756bfc4"
+    assert [lc.layer for lc in ch.layers] == [4, 11]

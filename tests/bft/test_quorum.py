@@ -1,0 +1,484 @@
+"""Votes, quorum certificates and the assembler's tally. [QUORUM.1]-[QUORUM.4], [ASM.1]-[ASM.5]
+
+The fixtures are one honest run of the tiny model through the real executor and verifier cores
+(see :mod:`tests.support`): f = 1, six validators, a committee of four, all four votes ACCEPT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from bft.assembler import (
+    AssemblerPolicy,
+    Outcome,
+    Tally,
+    build_receipt,
+    check_commitment,
+    compute_request,
+    compute_tally,
+    get_final_outcome,
+    get_outcome,
+    process_vote,
+)
+from bft.errors import BadSignature, Ignore, Malformed, Reject
+from bft.messages import (
+    SamplingParams,
+    Verdict,
+    compute_challenge_message,
+    compute_validator_set_digest,
+)
+from bft.quorum import QuorumCertificate, check_quorum_certificate, check_vote
+from bft.receipt import check_receipt
+from bft.types import Digest, Signature
+from tests.support import (
+    NETWORK_ID,
+    PROMPT,
+    Network,
+    Run,
+    get_honest_run,
+    get_network,
+    make_key,
+    resign_commitment,
+    resign_vote,
+)
+
+
+@pytest.fixture(scope="module")
+def net() -> Network:
+    return get_network()
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    return get_honest_run()
+
+
+def committee_of(run: Run):
+    return run.tally.committee
+
+
+def outsider_vote(net: Network, run: Run, which: int = 0):
+    """Return a valid ACCEPT vote by a validator (``which``: 0 or 1) outside the committee."""
+    pk = [k for k in net.validators if k not in committee_of(run)][which]
+    verifier = net.verifiers[pk]
+    ticket = verifier.compute_ticket(run.request, run.signed)
+    response = net.executor.on_open(run.signed.digest, ticket.challenge.required_tiles())
+    return verifier.on_openings(run.request, run.signed, ticket, response)
+
+
+def as_verdict(net: Network, vote, verdict: Verdict):
+    """Return ``vote`` re-signed by its verifier with ``verdict`` and no measurements."""
+    return resign_vote(
+        vote, net.key_of(vote.verifier_key), verdict=verdict, layer_checks=(), reason="x"
+    )
+
+
+# --- the honest run
+
+
+def test_honest_run_is_accepted_by_the_whole_committee(net, run):
+    assert len(run.votes) == 4
+    assert all(v.verdict is Verdict.ACCEPT for v in run.votes)
+    assert [v.verifier_key for v in run.votes] == list(committee_of(run))
+    assert net.executor_key.public_key not in committee_of(run)
+    for vote in run.votes:
+        check_vote(vote, run.request, run.signed, committee_of(run))
+
+
+def test_accept_votes_report_exactly_their_challenged_layers(run):
+    for vote in run.votes:
+        ticket = run.tickets[vote.verifier_key]
+        assert [(c.layer, c.chunks) for c in vote.layer_checks] == [
+            (lc.layer, lc.chunks) for lc in ticket.challenge.layers
+        ]
+        assert len(vote.layer_checks) == run.request.layers_per_verifier
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_certificate_of_any_quorum_in_any_order_passes(run, n):
+    for votes in itertools.permutations(run.votes, n):
+        check_quorum_certificate(
+            QuorumCertificate(run.signed, votes), run.request, committee_of(run)
+        )
+
+
+# --- check_vote [QUORUM.2]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"network_id": "another-network"},
+        {"request_digest": Digest(b"\x00" * 32)},
+        {"commitment_digest": Digest(b"\x00" * 32)},
+    ],
+    ids=["network", "request", "commitment"],
+)
+def test_invalid_vote_bound_to_something_else(net, run, changes):
+    vote = resign_vote(run.votes[0], net.key_of(run.votes[0].verifier_key), **changes)
+    vote.check()  # the signature itself is fine
+    with pytest.raises(Reject):
+        check_vote(vote, run.request, run.signed, committee_of(run))
+
+
+def test_invalid_vote_from_outside_the_committee(net, run):
+    vote = outsider_vote(net, run)
+    assert vote.verdict is Verdict.ACCEPT
+    with pytest.raises(Reject, match="outside the committee"):
+        check_vote(vote, run.request, run.signed, committee_of(run))
+
+
+def test_invalid_vote_from_outside_the_validator_set(run):
+    stranger = make_key("stranger")
+    vote = resign_vote(run.votes[0], stranger, verifier_key=stranger.public_key)
+    with pytest.raises(Reject):
+        check_vote(vote, run.request, run.signed, committee_of(run))
+
+
+def test_invalid_vote_with_unsigned_change(run):
+    vote = dataclasses.replace(run.votes[0], embedding_max_error=0.5)
+    with pytest.raises(BadSignature):
+        check_vote(vote, run.request, run.signed, committee_of(run))
+
+
+def test_invalid_vote_with_a_forged_challenge_signature(net, run):
+    vote = run.votes[0]
+    key = net.key_of(vote.verifier_key)
+    forged = resign_vote(vote, key, challenge_signature=Signature(b"\x01" * 64))
+    with pytest.raises(BadSignature, match="challenge"):
+        check_vote(forged, run.request, run.signed, committee_of(run))
+    # A genuine challenge signature, but over another commitment: the seed is not this one's.
+    elsewhere = key.sign(compute_challenge_message(NETWORK_ID, Digest(b"\x02" * 32)))
+    with pytest.raises(BadSignature, match="challenge"):
+        check_vote(
+            resign_vote(vote, key, challenge_signature=elsewhere),
+            run.request,
+            run.signed,
+            committee_of(run),
+        )
+
+
+def test_invalid_vote_with_another_verifiers_challenge_signature(net, run):
+    a, b = run.votes[0], run.votes[1]
+    forged = resign_vote(a, net.key_of(a.verifier_key), challenge_signature=b.challenge_signature)
+    with pytest.raises(BadSignature):
+        check_vote(forged, run.request, run.signed, committee_of(run))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda checks: checks[:1],
+        lambda checks: (),
+        lambda checks: checks[::-1],
+        lambda checks: (*checks, checks[0]),
+        lambda checks: (dataclasses.replace(checks[0], layer=checks[0].layer % 4 + 1), checks[1]),
+        lambda checks: (dataclasses.replace(checks[0], chunks=checks[0].chunks[:-1]), checks[1]),
+    ],
+    ids=["one-layer", "no-layers", "reordered", "extra-layer", "other-layer", "fewer-chunks"],
+)
+def test_invalid_accept_vote_reporting_other_layers_than_challenged(net, run, mutate):
+    vote = run.votes[0]
+    checks = mutate(vote.layer_checks)
+    forged = resign_vote(vote, net.key_of(vote.verifier_key), layer_checks=checks)
+    with pytest.raises(Reject, match="layers its challenge selects"):
+        check_vote(forged, run.request, run.signed, committee_of(run))
+
+
+@pytest.mark.parametrize("verdict", [Verdict.REJECT, Verdict.UNAVAILABLE])
+def test_non_accept_votes_need_no_layer_report(net, run, verdict):
+    check_vote(as_verdict(net, run.votes[0], verdict), run.request, run.signed, committee_of(run))
+
+
+# --- quorum certificates [QUORUM.3]
+
+
+def qc_check(run: Run, votes) -> None:
+    check_quorum_certificate(
+        QuorumCertificate(run.signed, tuple(votes)), run.request, committee_of(run)
+    )
+
+
+def test_invalid_certificate_with_a_duplicate_signer(run):
+    v = run.votes
+    for votes in [(v[0], v[0], v[1]), (v[0], v[0], v[0]), (v[0], v[1], v[2], v[0])]:
+        with pytest.raises(Reject, match="two votes by one verifier"):
+            qc_check(run, votes)
+
+
+def test_invalid_certificate_with_an_equivocating_signer(net, run):
+    # Two different valid votes by one verifier still count once.
+    v = run.votes
+    other = resign_vote(v[0], net.key_of(v[0].verifier_key), reason="second opinion")
+    with pytest.raises(Reject, match="two votes by one verifier"):
+        qc_check(run, (v[0], other, v[1]))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_invalid_certificate_below_quorum(run, n):
+    for votes in itertools.combinations(run.votes, n):
+        with pytest.raises(Reject, match="needs 3"):
+            qc_check(run, votes)
+
+
+@pytest.mark.parametrize("verdict", [Verdict.REJECT, Verdict.UNAVAILABLE])
+def test_invalid_certificate_holding_a_non_accept_vote(net, run, verdict):
+    v = run.votes
+    with pytest.raises(Reject, match="not ACCEPT"):
+        qc_check(run, (v[0], v[1], v[2], as_verdict(net, v[3], verdict)))
+    with pytest.raises(Reject, match="not ACCEPT"):
+        qc_check(run, (as_verdict(net, v[0], verdict), v[1], v[2]))
+
+
+def test_invalid_certificate_with_a_non_member(net, run):
+    v = run.votes
+    with pytest.raises(Reject, match="outside the committee"):
+        qc_check(run, (v[0], v[1], outsider_vote(net, run)))
+    with pytest.raises(Reject, match="outside the committee"):
+        qc_check(run, (*v, outsider_vote(net, run)))
+
+
+def test_invalid_certificate_for_another_commitment(net, run):
+    other = resign_commitment(run.signed, net.executor_key, merkle_root=Digest(b"\x09" * 32))
+    with pytest.raises(Reject, match="another commitment"):
+        check_quorum_certificate(
+            QuorumCertificate(other, run.votes), run.request, committee_of(run)
+        )
+
+
+# --- the assembler: commitments, tallies, outcomes [ASM.1]-[ASM.4]
+
+
+def test_compute_request_binds_policy_and_validators(net):
+    policy = AssemblerPolicy(NETWORK_ID, f=2, layers_per_verifier=3, epoch=7)
+    req = compute_request(
+        policy, b"\x05" * 16, net.lm.model_id, PROMPT, SamplingParams(), net.validators
+    )
+    assert (req.f, req.layers_per_verifier, req.epoch, req.network_id) == (2, 3, 7, NETWORK_ID)
+    assert req.validator_set_digest == compute_validator_set_digest(NETWORK_ID, net.validators)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"request_id": b"\x05" * 15},
+        {"prompt_tokens": ()},
+        {"sampling": SamplingParams(max_new_tokens=0)},
+    ],
+    ids=["request-id", "empty-prompt", "sampling"],
+)
+def test_invalid_compute_request(net, args):
+    kwargs = {
+        "request_id": b"\x05" * 16,
+        "model_id": net.lm.model_id,
+        "prompt_tokens": PROMPT,
+        "sampling": SamplingParams(),
+        "validators": net.validators,
+        **args,
+    }
+    with pytest.raises(Malformed):
+        compute_request(net.policy, **kwargs)
+
+
+def test_check_commitment_accepts_the_honest_commitment(net, run):
+    check_commitment(run.request, run.signed, net.executor_key.node_id)
+
+
+def test_invalid_commitment_from_another_executor(net, run):
+    with pytest.raises(Reject, match="another key"):
+        check_commitment(run.request, run.signed, make_key("someone").node_id)
+
+
+def test_invalid_commitment_with_unsigned_change(net, run):
+    tampered = dataclasses.replace(
+        run.signed, commitment=dataclasses.replace(run.signed.commitment, prompt_len=19)
+    )
+    with pytest.raises(BadSignature):
+        check_commitment(run.request, tampered, net.executor_key.node_id)
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"request_digest": Digest(b"\x00" * 32)}, "another request"),
+        ({"network_id": "elsewhere"}, "another request"),
+        ({"tokens": (*PROMPT[:-1], 5, *range(8))}, "prompt differs"),
+        ({"model_id": Digest(b"\x00" * 32)}, "another model"),
+    ],
+    ids=["request", "network", "prompt", "model"],
+)
+def test_invalid_signed_commitment_for_something_else(net, run, changes, why):
+    other = resign_commitment(run.signed, net.executor_key, **changes)
+    with pytest.raises(Reject, match=why):
+        check_commitment(run.request, other, net.executor_key.node_id)
+
+
+def tally_of(net: Network, run: Run, votes) -> Tally:
+    tally = compute_tally(run.request, run.signed, net.validators)
+    for vote in votes:
+        tally = process_vote(tally, vote)
+    return tally
+
+
+def test_tally_committee_is_drawn_without_the_executor(net, run):
+    tally = compute_tally(run.request, run.signed, net.validators)
+    assert tally.committee == run.tally.committee
+    assert len(tally.committee) == run.request.committee_size
+    assert tally.votes == ()
+
+
+def test_outcomes_of_accept_sequences(net, run):
+    v = run.votes
+    assert get_outcome(tally_of(net, run, [])) is Outcome.PENDING
+    assert get_outcome(tally_of(net, run, v[:2])) is Outcome.PENDING
+    # 2f+1 ACCEPTs are a quorum, but the last member may still REJECT: wait for it.
+    assert get_outcome(tally_of(net, run, v[:3])) is Outcome.PENDING
+    assert get_final_outcome(tally_of(net, run, v[:3])) is Outcome.CERTIFIED
+    assert get_outcome(tally_of(net, run, v)) is Outcome.CERTIFIED
+    assert get_final_outcome(tally_of(net, run, v[:2])) is Outcome.FAILED
+
+
+def test_outcome_rejected_on_any_reject(net, run):
+    v = run.votes
+    rejected = as_verdict(net, v[3], Verdict.REJECT)
+    assert get_outcome(tally_of(net, run, (*v[:3], rejected))) is Outcome.REJECTED
+    assert get_outcome(tally_of(net, run, (rejected,))) is Outcome.REJECTED
+    assert get_final_outcome(tally_of(net, run, (rejected, v[0]))) is Outcome.REJECTED
+
+
+def test_outcome_failed_when_quorum_is_out_of_reach(net, run):
+    v = run.votes
+    gone = [as_verdict(net, x, Verdict.UNAVAILABLE) for x in v[:2]]
+    assert get_outcome(tally_of(net, run, gone[:1])) is Outcome.PENDING
+    assert get_outcome(tally_of(net, run, gone)) is Outcome.FAILED
+    assert get_outcome(tally_of(net, run, (*gone, v[2], v[3]))) is Outcome.FAILED
+    assert get_final_outcome(tally_of(net, run, gone)) is Outcome.FAILED
+
+
+def test_duplicate_vote_is_ignored(net, run):
+    v = run.votes
+    tally = tally_of(net, run, v[:2])
+    with pytest.raises(Ignore, match="duplicate"):
+        process_vote(tally, v[0])
+    with pytest.raises(Ignore):
+        process_vote(
+            tally, as_verdict(net, v[1], Verdict.REJECT)
+        )  # equivocation: first vote stands
+    assert tally.votes == v[:2]
+
+
+def test_invalid_vote_is_rejected_by_the_tally(net, run):
+    tally = tally_of(net, run, ())
+    with pytest.raises(Reject):
+        process_vote(tally, outsider_vote(net, run))
+    with pytest.raises(BadSignature):
+        process_vote(tally, dataclasses.replace(run.votes[0], reason="edited"))
+    assert tally.votes == ()
+
+
+def test_build_receipt_keeps_only_accept_votes(net, run):
+    v = run.votes
+    tally = tally_of(net, run, (*v[:3], as_verdict(net, v[3], Verdict.UNAVAILABLE)))
+    assert get_final_outcome(tally) is Outcome.CERTIFIED
+    receipt = build_receipt(tally, net.validators)
+    assert receipt.votes == v[:3]
+    check_receipt(receipt)
+
+
+class TallyMachine(RuleBasedStateMachine):
+    """Votes arrive in any order, valid or not; the tally must follow the rules. [ASM.3]-[ASM.4]
+
+    Invariants: no certificate without 2f+1 distinct committee ACCEPTs, a REJECT or FAILED
+    outcome never turns back into PENDING or CERTIFIED, a certified tally yields a receipt that
+    passes :func:`check_receipt`, and fewer than 2f+1 ACCEPTs never do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = get_network()
+        self.run = get_honest_run()
+        self.members, self.outsiders = _vote_pool()
+        self.tally = compute_tally(self.run.request, self.run.signed, self.net.validators)
+        self.counted: dict[bytes, Verdict] = {}
+        self.was_terminal_negative = False
+
+    @rule(member=st.integers(0, 3), verdict=st.sampled_from(Verdict))
+    def member_votes(self, member, verdict):
+        vote = self.members[(member, verdict)]
+        before = self.tally
+        if vote.verifier_key in self.counted:
+            with pytest.raises(Ignore):
+                process_vote(self.tally, vote)
+            assert self.tally is before
+        else:
+            self.tally = process_vote(self.tally, vote)
+            self.counted[vote.verifier_key] = verdict
+
+    @rule(outsider=st.integers(0, 1))
+    def outsider_votes(self, outsider):
+        with pytest.raises(Reject):
+            process_vote(self.tally, self.outsiders[outsider])
+
+    @invariant()
+    def outcome_follows_the_rules(self):
+        assert [v.verifier_key for v in self.tally.votes] == list(self.counted)
+        accepts = sum(1 for v in self.counted.values() if v is Verdict.ACCEPT)
+        rejects = sum(1 for v in self.counted.values() if v is Verdict.REJECT)
+        missing = 4 - len(self.counted)
+        outcome = get_outcome(self.tally)
+        if rejects:
+            assert outcome is Outcome.REJECTED
+        elif accepts >= 3 and missing == 0:
+            assert outcome is Outcome.CERTIFIED
+        elif accepts + missing < 3:
+            assert outcome is Outcome.FAILED
+        else:
+            assert outcome is Outcome.PENDING
+        if outcome in (Outcome.REJECTED, Outcome.FAILED):
+            self.was_terminal_negative = True
+        else:
+            assert not self.was_terminal_negative
+
+    @invariant()
+    def receipt_is_valid_exactly_with_a_quorum_of_accepts(self):
+        receipt = build_receipt(self.tally, self.net.validators)
+        if get_final_outcome(self.tally) is Outcome.CERTIFIED:
+            assert len({v.verifier_key for v in receipt.votes}) >= 3
+            check_receipt(receipt)
+        if self.tally.count(Verdict.ACCEPT) < 3:
+            with pytest.raises(Reject):
+                check_receipt(receipt)
+
+
+_POOL: list = []
+
+
+def _vote_pool():
+    """Return each committee member's vote under each verdict, and two outsiders' ACCEPTs."""
+    if not _POOL:
+        net, run = get_network(), get_honest_run()
+        members = {}
+        for i, vote in enumerate(run.votes):
+            members[(i, Verdict.ACCEPT)] = vote
+            for d in (Verdict.REJECT, Verdict.UNAVAILABLE):
+                members[(i, d)] = as_verdict(net, vote, d)
+        _POOL.extend([members, [outsider_vote(net, run, i) for i in range(2)]])
+    return _POOL
+
+
+TallyMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=8, deadline=None)
+test_tally_state_machine = TallyMachine.TestCase
+
+
+def test_honest_votes_measure_rounding_noise_only(run):
+    # Honest float32 re-execution on the same machine agrees to rounding.
+    for vote in run.votes:
+        assert vote.embedding_max_error <= 1e-6
+        assert vote.max_error <= 1e-6
+        assert vote.reason == ""

@@ -1,0 +1,331 @@
+"""Protobuf at the edges: explicit conversion and structural validation. [LIMIT.2]
+
+Round trips use the real objects of one honest tiny-model run (see :mod:`tests.support`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bft.errors import Malformed
+from bft.messages import MAX_LAYERS, MAX_LEAVES, SamplingParams
+from bft.receipt import check_receipt
+from merkle.tree import MAX_PROOF_STEPS
+from proto import convert
+from proto import verihive_pb2 as pb
+from tests.support import Run, get_honest_run, get_receipt
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    return get_honest_run()
+
+
+def wire(message):
+    """Return ``message`` after serialisation and parsing, as a peer would receive it."""
+    return type(message).FromString(message.SerializeToString())
+
+
+# --- round trips
+
+
+def test_request_round_trip(run):
+    assert convert.request_from_pb(wire(convert.request_to_pb(run.request))) == run.request
+
+
+def test_commitment_round_trip(run):
+    back = convert.commitment_from_pb(wire(convert.commitment_to_pb(run.signed)))
+    assert back == run.signed
+    back.check()
+
+
+def test_vote_round_trip(run):
+    for vote in run.votes:
+        back = convert.vote_from_pb(wire(convert.vote_to_pb(vote)))
+        assert back == vote
+        assert back.signing_root() == vote.signing_root()
+        back.check()
+
+
+def test_opening_response_round_trip(run):
+    for response in run.responses.values():
+        back = convert.opening_response_from_pb(wire(convert.opening_response_to_pb(response)))
+        assert back == response
+        assert back.signing_root() == response.signing_root()
+
+
+def test_receipt_round_trip_still_checks():
+    receipt = get_receipt()
+    back = convert.receipt_from_pb(wire(convert.receipt_to_pb(receipt)))
+    assert back == receipt
+    check_receipt(back)
+
+
+valid_sampling = st.builds(
+    SamplingParams,
+    temperature=st.floats(0, 100),
+    top_k=st.integers(0, 1 << 24),
+    top_p=st.floats(0, 1, exclude_min=True),
+    max_new_tokens=st.integers(1, 8192),
+    stop_at_eos=st.booleans(),
+)
+
+
+@given(valid_sampling)
+def test_sampling_round_trip(params):
+    assert convert.sampling_from_pb(wire(convert.sampling_to_pb(params))) == params
+
+
+# --- malformed input
+
+
+def request_pb(run: Run, **changes) -> pb.InferenceRequest:
+    m = convert.request_to_pb(run.request)
+    for name, value in changes.items():
+        setattr(m, name, value)
+    return m
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_id": b"\x00" * 15},
+        {"model_id": b"\x00" * 33},
+        {"validator_set_digest": b""},
+        {"network_id": "n" * 257},
+        {"epoch": 1 << 63},
+        {"f": 33},
+        {"layers_per_verifier": 0},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_invalid_request(run, changes):
+    with pytest.raises(Malformed):
+        convert.request_from_pb(request_pb(run, **changes))
+
+
+def test_invalid_request_prompt(run):
+    m = request_pb(run)
+    del m.prompt_tokens[:]
+    with pytest.raises(Malformed):
+        convert.request_from_pb(m)
+    m.prompt_tokens.extend([1 << 24])
+    with pytest.raises(Malformed):
+        convert.request_from_pb(m)
+
+
+def test_invalid_request_without_sampling(run):
+    m = request_pb(run)
+    m.ClearField("sampling")
+    with pytest.raises(Malformed, match="sampling is missing"):
+        convert.request_from_pb(m)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"temperature": math.nan},
+        {"temperature": math.inf},
+        {"top_p": math.nan},
+        {"top_p": -math.inf},
+        {"temperature": 101.0},
+        {"top_p": 0.0},  # what an unset top_p reads as: senders must set it
+        {"max_new_tokens": 0},
+        {"top_k": (1 << 24) + 1},
+    ],
+    ids=repr,
+)
+def test_invalid_sampling(changes):
+    m = convert.sampling_to_pb(SamplingParams())
+    for name, value in changes.items():
+        setattr(m, name, value)
+    with pytest.raises(Malformed):
+        convert.sampling_from_pb(m)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_digest": b"\x00" * 31},
+        {"model_id": b""},
+        {"executor_key": b"\x00" * 33},
+        {"merkle_root": b"\x00" * 16},
+        {"prompt_len": 0},
+        {"num_layers": 0},
+        {"hidden_size": 65537},
+        {"chunk_size": 0},
+        {"num_leaves": 21},
+        {"dtype": "d" * 257},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_invalid_commitment(run, changes):
+    m = convert.commitment_to_pb(run.signed)
+    for name, value in changes.items():
+        setattr(m.commitment, name, value)
+    with pytest.raises(Malformed):
+        convert.commitment_from_pb(m)
+
+
+def test_invalid_commitment_missing(run):
+    m = convert.commitment_to_pb(run.signed)
+    m.ClearField("commitment")
+    with pytest.raises(Malformed, match="commitment is missing"):
+        convert.commitment_from_pb(m)
+
+
+def test_commitment_signature_is_left_to_the_core(run):
+    # from_pb never checks signatures; the core raises BadSignature or Malformed itself.
+    m = convert.commitment_to_pb(run.signed)
+    m.signature = b"\x00" * 63
+    back = convert.commitment_from_pb(m)
+    with pytest.raises(Malformed):
+        back.check()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_digest": b"\x00" * 31},
+        {"commitment_digest": b"\x00" * 33},
+        {"verifier_key": b""},
+        {"challenge_signature": b"\x00" * 32},
+        {"signature": b"\x00" * 65},
+        {"embedding_max_error": math.nan},
+        {"embedding_max_error": math.inf},
+        {"embedding_max_error": -1.0},
+        {"reason": "r" * 1025},
+        {"verdict": 0},
+        {"verdict": 4},
+        {"verdict": 7},
+    ],
+    ids=repr,
+)
+def test_invalid_vote(run, changes):
+    m = convert.vote_to_pb(run.votes[0])
+    for name, value in changes.items():
+        setattr(m, name, value)
+    with pytest.raises(Malformed):
+        convert.vote_from_pb(m)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.5])
+def test_invalid_vote_layer_measurement(run, value):
+    m = convert.vote_to_pb(run.votes[0])
+    m.layer_checks[1].max_rel_error = value
+    with pytest.raises(Malformed):
+        convert.vote_from_pb(m)
+
+
+def test_invalid_vote_with_too_many_layer_checks(run):
+    m = convert.vote_to_pb(run.votes[0])
+    for _ in range(MAX_LAYERS + 1 - len(m.layer_checks)):
+        m.layer_checks.append(m.layer_checks[0])
+    with pytest.raises(Malformed, match="too many layer checks"):
+        convert.vote_from_pb(m)
+
+
+def response_pb(run: Run) -> pb.OpenResponse:
+    return convert.opening_response_to_pb(next(iter(run.responses.values())))
+
+
+@pytest.mark.parametrize("field", ["tile", "proof"])
+def test_invalid_opening_without_a_part(run, field):
+    m = response_pb(run)
+    m.openings[2].ClearField(field)
+    with pytest.raises(Malformed, match=f"{field} is missing"):
+        convert.opening_response_from_pb(m)
+
+
+def test_invalid_opening_with_a_too_long_proof(run):
+    m = response_pb(run)
+    steps = m.openings[0].proof.steps
+    while len(steps) <= MAX_PROOF_STEPS:
+        steps.append(pb.ProofStep(bit=0, digest=b"\x00" * 32))
+    with pytest.raises(Malformed, match="too long"):
+        convert.opening_response_from_pb(m)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: setattr(p.steps[0], "bit", 2),
+        lambda p: setattr(p.steps[0], "digest", b"\x00" * 31),
+        lambda p: setattr(p.steps[-1], "digest", b"\x00" * 33),
+        lambda p: setattr(p, "leaf_index", p.tree_size),
+        lambda p: setattr(p, "tree_size", 0),
+        lambda p: p.ClearField("steps"),
+    ],
+    ids=["bit", "short-digest", "long-digest", "index", "size", "no-steps"],
+)
+def test_invalid_opening_proof(run, mutate):
+    m = response_pb(run)
+    mutate(m.openings[1].proof)
+    with pytest.raises(Malformed):
+        convert.opening_response_from_pb(m)
+
+
+@pytest.mark.parametrize(
+    ("boundary", "chunk"),
+    [(MAX_LAYERS + 1, 0), (0, MAX_LEAVES + 1)],
+)
+def test_invalid_tile_reference(run, boundary, chunk):
+    m = response_pb(run)
+    m.openings[0].tile.boundary, m.openings[0].tile.chunk = boundary, chunk
+    with pytest.raises(Malformed, match="tile reference out of range"):
+        convert.opening_response_from_pb(m)
+
+
+def test_tile_reference_bounds_are_inclusive():
+    assert (
+        convert.tile_from_pb(pb.TileRef(boundary=MAX_LAYERS, chunk=MAX_LEAVES)).chunk == MAX_LEAVES
+    )
+
+
+@pytest.mark.parametrize("field", ["request", "commitment"])
+def test_invalid_receipt_without_a_part(field):
+    m = convert.receipt_to_pb(get_receipt())
+    m.ClearField(field)
+    with pytest.raises(Malformed, match=f"{field} is missing"):
+        convert.receipt_from_pb(m)
+
+
+@pytest.mark.parametrize("size", [0, 31, 33])
+def test_invalid_receipt_validator_key_length(size):
+    m = convert.receipt_to_pb(get_receipt())
+    m.validators[2] = b"\x00" * size
+    with pytest.raises(Malformed, match="32 bytes"):
+        convert.receipt_from_pb(m)
+
+
+def test_invalid_receipt_with_too_many_validators():
+    m = convert.receipt_to_pb(get_receipt())
+    m.validators.extend([b"\x00" * 32] * (convert.MAX_VALIDATORS + 1 - len(m.validators)))
+    with pytest.raises(Malformed, match="too many"):
+        convert.receipt_from_pb(m)
+
+
+def test_invalid_receipt_with_a_malformed_vote():
+    m = convert.receipt_to_pb(get_receipt())
+    m.votes[3].embedding_max_error = math.nan
+    with pytest.raises(Malformed):
+        convert.receipt_from_pb(m)
+
+
+def test_invalid_receipt_with_a_malformed_request():
+    m = convert.receipt_to_pb(get_receipt())
+    m.request.request_id = b"short"
+    with pytest.raises(Malformed):
+        convert.receipt_from_pb(m)
+
+
+def test_from_pb_validates_only_structure(run):
+    # A well-formed vote with a wrong signature parses: the core decides (BadSignature).
+    vote = dataclasses.replace(run.votes[0], reason="edited")
+    back = convert.vote_from_pb(convert.vote_to_pb(vote))
+    assert back == vote
