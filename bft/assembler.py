@@ -28,6 +28,7 @@ class AssemblerPolicy:
     f: int = 1
     layers_per_verifier: int = 2
     epoch: int = 0
+    positions_per_verifier: int = 4
 
 
 class Outcome(enum.Enum):
@@ -58,6 +59,7 @@ def compute_request(
         f=policy.f,
         layers_per_verifier=policy.layers_per_verifier,
         validator_set_digest=compute_validator_set_digest(policy.network_id, validators),
+        positions_per_verifier=policy.positions_per_verifier,
     )
     request.validate()
     return request

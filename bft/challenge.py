@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bft.encoding import sha256
-from bft.messages import TileRef
+from bft.messages import Commitment, InferenceRequest, TileRef
 from bft.types import Signature
 
 _MAX_DRAWS = 1 << 16
@@ -28,23 +28,32 @@ class LayerChallenge:
 
 @dataclass(frozen=True, slots=True)
 class Challenge:
-    """A verifier's challenge for one commitment."""
+    """A verifier's challenge for one commitment.
+
+    ``positions`` are output-token positions ``p`` whose token the sampler check recomputes
+    from the last boundary at ``p - 1``. ``num_layers`` and ``chunk_size`` locate those tiles.
+    """
 
     seed: bytes
     layers: tuple[LayerChallenge, ...]
     num_chunks: int
+    positions: tuple[int, ...] = ()
+    num_layers: int = 0
+    chunk_size: int = 1
 
     def required_tiles(self) -> tuple[TileRef, ...]:
         """Return the tiles to open, sorted. [CHAL.3]
 
         Boundary 0 at every chunk (the embedding check); for each layer ``b`` the input
         boundary ``b-1`` at chunks ``0..max(chunks)`` (causal attention needs every earlier
-        position) and the output boundary ``b`` at the challenged chunks.
+        position) and the output boundary ``b`` at the challenged chunks; for each sampler
+        position ``p`` the last boundary ``L`` at the chunk of ``p - 1``.
         """
         tiles = {TileRef(0, c) for c in range(self.num_chunks)}
         for lc in self.layers:
             tiles.update(TileRef(lc.layer - 1, c) for c in range(max(lc.chunks) + 1))
             tiles.update(TileRef(lc.layer, c) for c in lc.chunks)
+        tiles.update(TileRef(self.num_layers, (p - 1) // self.chunk_size) for p in self.positions)
         return tuple(sorted(tiles, key=lambda t: (t.boundary, t.chunk)))
 
 
@@ -77,15 +86,56 @@ def compute_sample(seed: bytes, label: str, population: int, k: int) -> tuple[in
 
 
 def compute_challenge(
-    challenge_signature: Signature, num_layers: int, num_chunks: int, layers_per_verifier: int
+    challenge_signature: Signature,
+    num_layers: int,
+    num_chunks: int,
+    layers_per_verifier: int,
+    *,
+    prompt_len: int = 0,
+    num_tokens: int = 0,
+    chunk_size: int = 1,
+    positions_per_verifier: int = 0,
+    escalated: bool = False,
 ) -> Challenge:
-    """Return the challenge seeded by ``challenge_signature``. [CHAL.2]
+    """Return the challenge seeded by ``challenge_signature``. [CHAL.2], [CHAL.5]
 
-    Samples ``layers_per_verifier`` distinct layers from ``1..num_layers``; every chunk of a
-    sampled layer is checked.
+    Samples ``k = layers_per_verifier`` distinct layers from ``1..num_layers`` (every chunk of a
+    sampled layer is checked) and ``m = positions_per_verifier`` distinct output positions from
+    ``prompt_len..num_tokens-1``. ``escalated`` doubles both; because the draws are sequential,
+    the escalated challenge contains the base one. [VERIFY.7]
     """
     seed = compute_seed(challenge_signature)
-    picks = compute_sample(seed, "layers", num_layers, layers_per_verifier)
+    factor = 2 if escalated else 1
+    picks = compute_sample(seed, "layers", num_layers, factor * layers_per_verifier)
     all_chunks = tuple(range(num_chunks))
     layers = tuple(LayerChallenge(layer=p + 1, chunks=all_chunks) for p in picks)
-    return Challenge(seed=seed, layers=layers, num_chunks=num_chunks)
+    outputs = max(0, num_tokens - prompt_len)
+    offsets = compute_sample(seed, "positions", outputs, factor * positions_per_verifier)
+    return Challenge(
+        seed=seed,
+        layers=layers,
+        num_chunks=num_chunks,
+        positions=tuple(prompt_len + o for o in offsets),
+        num_layers=num_layers,
+        chunk_size=chunk_size,
+    )
+
+
+def compute_commitment_challenge(
+    challenge_signature: Signature,
+    commitment: Commitment,
+    request: InferenceRequest,
+    escalated: bool = False,
+) -> Challenge:
+    """Return the challenge for ``commitment`` under ``request``'s policy."""
+    return compute_challenge(
+        challenge_signature,
+        commitment.num_layers,
+        commitment.num_chunks,
+        request.layers_per_verifier,
+        prompt_len=commitment.prompt_len,
+        num_tokens=len(commitment.tokens),
+        chunk_size=commitment.chunk_size,
+        positions_per_verifier=request.positions_per_verifier,
+        escalated=escalated,
+    )

@@ -33,6 +33,7 @@ TAG_CHALLENGE = "verihive/challenge/v1"
 TAG_VOTE = "verihive/vote/v1"
 TAG_VALIDATOR_SET = "verihive/validator-set/v1"
 TAG_SAMPLING_SEED = "verihive/sampling-seed/v1"
+TAG_EVIDENCE = "verihive/evidence/v1"
 
 # Structural bounds on peer input. [LIMIT.1]
 MAX_TOKENS = 8192
@@ -107,8 +108,9 @@ class SamplingParams:
 class InferenceRequest:
     """What the assembler fixes before execution. [REQ.1]
 
-    ``f`` and ``layers_per_verifier`` bind the quorum and challenge policy into the request
-    digest that executor and verifiers sign, so a receipt cannot be re-read under another policy.
+    ``f``, ``layers_per_verifier`` (k) and ``positions_per_verifier`` (m, sampler checks) bind
+    the quorum and challenge policy into the request digest that executor and verifiers sign,
+    so a receipt cannot be re-read under another policy.
     """
 
     network_id: str
@@ -120,6 +122,7 @@ class InferenceRequest:
     f: int
     layers_per_verifier: int
     validator_set_digest: Digest
+    positions_per_verifier: int = 4
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems."""
@@ -137,6 +140,8 @@ class InferenceRequest:
             raise Malformed(f"f must be in [0, {MAX_F}]")
         if not 1 <= self.layers_per_verifier <= MAX_LAYERS:
             raise Malformed("layers_per_verifier out of range")
+        if not 0 <= self.positions_per_verifier <= MAX_TOKENS:
+            raise Malformed("positions_per_verifier out of range")
         if not 0 <= self.epoch < 1 << 63:
             raise Malformed("epoch out of range")
 
@@ -152,6 +157,7 @@ class InferenceRequest:
             .u64(self.f)
             .u64(self.layers_per_verifier)
             .bytes_(self.validator_set_digest)
+            .u64(self.positions_per_verifier)
             .build()
         )
         return compute_signing_root(TAG_REQUEST, self.network_id, body)
@@ -302,6 +308,10 @@ class OpeningResponse:
     commitment_digest: Digest
     openings: tuple[TileOpening, ...]
     signature: Signature
+    commitment: SignedCommitment | None = None
+    """The signed commitment these openings are against (its digest is ``commitment_digest``);
+    carried so that a verifier who was given another root for the same request holds both
+    signed roots: equivocation evidence. [OPEN.4]"""
 
     def signing_root(self) -> Digest:
         """Return the digest the executor signs: commitment digest; each tile, leaf hash, proof."""
@@ -352,6 +362,80 @@ class LayerCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class SamplerCheck:
+    """A verifier's measurement of the sampler at one position. [VOTE.2]
+
+    ``margin`` is :func:`executor.sampler.compute_sampler_margin` of the committed token at
+    ``position``, in logit units.
+    """
+
+    position: int
+    margin: float
+
+    def encode(self) -> bytes:
+        """Return canonical bytes."""
+        return Canonical().u64(self.position).f64(self.margin).build()
+
+
+class EvidenceCheck(enum.Enum):
+    """Which check a piece of evidence claims the executor failed. [EVID.1]"""
+
+    COMMITMENT = "commitment"  # signed commitment inconsistent with the request or the model
+    LENGTH = "length"  # output length / EOS rule broken
+    OPENING = "opening"  # a signed opening that does not open the signed root
+    EMBEDDING = "embedding"  # boundary 0 is not the embedding of the committed tokens
+    LAYER = "layer"  # a layer does not recompute
+    SAMPLER = "sampler"  # a committed token is not the seeded sampler's choice
+    EQUIVOCATION = "equivocation"  # two signed roots for one request
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a REJECT proves, checkable by a third party. [EVID.1]-[EVID.3]
+
+    ``signed`` is the accused commitment, ``response`` the executor's signed opening response
+    (for opening and computation claims), ``other`` a second signed commitment (equivocation).
+    ``layer``/``position`` locate the claim; ``measured`` is the accuser's measurement.
+    """
+
+    check: EvidenceCheck
+    request: InferenceRequest
+    signed: SignedCommitment
+    response: OpeningResponse | None = None
+    other: SignedCommitment | None = None
+    layer: int = 0
+    position: int = 0
+    measured: float = 0.0
+    detail: str = ""
+
+    @property
+    def executor_key(self) -> PublicKey:
+        """Return the accused executor's key."""
+        return self.signed.commitment.executor_key
+
+    def digest(self) -> Digest:
+        """Return the digest votes sign over: every signed part and the claim."""
+        r = self.response
+        body = (
+            Canonical()
+            .str_(self.check.value)
+            .bytes_(self.request.digest())
+            .bytes_(self.signed.digest)
+            .bytes_(self.signed.signature)
+            .bytes_(r.signing_root() if r else b"")
+            .bytes_(r.signature if r else b"")
+            .bytes_(self.other.digest if self.other else b"")
+            .bytes_(self.other.signature if self.other else b"")
+            .u64(self.layer)
+            .u64(self.position)
+            .f64(self.measured)
+            .str_(self.detail)
+            .build()
+        )
+        return compute_signing_root(TAG_EVIDENCE, self.request.network_id, body)
+
+
+@dataclass(frozen=True, slots=True)
 class Vote:
     """A verifier's signed vote on one commitment. [VOTE.1]
 
@@ -369,6 +453,11 @@ class Vote:
     embedding_max_error: float
     reason: str
     signature: Signature = field(default=Signature(b""))
+    sampler_checks: tuple[SamplerCheck, ...] = ()
+    escalated: bool = False
+    """Whether the grey band made this verifier check the doubled challenge. [VERIFY.7]"""
+    evidence: Evidence | None = None
+    """Set on every REJECT. [EVID.1]"""
 
     @property
     def verifier_id(self) -> NodeId:
@@ -379,6 +468,11 @@ class Vote:
     def max_error(self) -> float:
         """Return the largest layer error measured (0 when none)."""
         return max((c.max_rel_error for c in self.layer_checks), default=0.0)
+
+    @property
+    def max_margin(self) -> float:
+        """Return the largest sampler margin measured (0 when none)."""
+        return max((c.margin for c in self.sampler_checks), default=0.0)
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems."""
@@ -392,7 +486,15 @@ class Vote:
             raise Malformed("vote reason too long")
         if len(self.layer_checks) > MAX_LAYERS:
             raise Malformed("too many layer checks")
-        values = [self.embedding_max_error, *(c.max_rel_error for c in self.layer_checks)]
+        if len(self.sampler_checks) > MAX_TOKENS:
+            raise Malformed("too many sampler checks")
+        if (self.evidence is not None) != (self.verdict is Verdict.REJECT):
+            raise Malformed("a REJECT vote carries evidence and no other vote does")
+        values = [
+            self.embedding_max_error,
+            *(c.max_rel_error for c in self.layer_checks),
+            *(c.margin for c in self.sampler_checks),
+        ]
         if not all(math.isfinite(v) and v >= 0 for v in values):
             raise Malformed("vote measurements must be finite and non-negative")
 
@@ -408,6 +510,9 @@ class Vote:
             .list_(c.encode() for c in self.layer_checks)
             .f64(self.embedding_max_error)
             .str_(self.reason)
+            .list_(c.encode() for c in self.sampler_checks)
+            .bool_(self.escalated)
+            .bytes_(self.evidence.digest() if self.evidence else b"")
             .build()
         )
         return compute_signing_root(TAG_VOTE, self.network_id, body)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bft.challenge import compute_challenge
+from bft.challenge import compute_commitment_challenge
 from bft.crypto import check_signature
 from bft.errors import Reject
 from bft.messages import (
@@ -45,14 +45,19 @@ def check_vote(
         "challenge",
     )
     if vote.verdict is Verdict.ACCEPT:
-        c = signed.commitment
-        expected = compute_challenge(
-            vote.challenge_signature, c.num_layers, c.num_chunks, request.layers_per_verifier
+        expected = compute_commitment_challenge(
+            vote.challenge_signature, signed.commitment, request, vote.escalated
         )
         got = tuple((lc.layer, lc.chunks) for lc in vote.layer_checks)
         want = tuple((lc.layer, lc.chunks) for lc in expected.layers)
         if got != want:
             raise Reject("ACCEPT vote does not report the layers its challenge selects")
+        if tuple(sc.position for sc in vote.sampler_checks) != expected.positions:
+            raise Reject("ACCEPT vote does not report the positions its challenge selects")
+    if vote.evidence is not None:
+        ev = vote.evidence
+        if ev.request.digest() != request.digest() or ev.signed.digest != signed.digest:
+            raise Reject("REJECT evidence is about another request or commitment")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,27 +1,31 @@
-"""The verifier's protocol core: challenge, check openings, vote. [VERIFY.1]-[VERIFY.6]
+"""The verifier's protocol core: challenge, check openings, vote. [VERIFY.1]-[VERIFY.7]
 
 Verifiers measure, thresholds decide: the checks return measurements and :class:`Thresholds`
-(configuration, with units) turns them into a verdict. The model is injected as a
-:class:`LayerModel`, so this module holds no torch code.
+(configuration, with units) turns them into a verdict. Between a check's ``accept_max`` and
+``reject_min`` lies a grey band that escalates to the doubled challenge, never a REJECT.
+The model is injected as a :class:`LayerModel`, so this module holds no torch code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from bft.challenge import Challenge, compute_challenge
+from bft.challenge import Challenge, compute_commitment_challenge
 from bft.crypto import SigningKey, is_valid_signature
-from bft.errors import Malformed, Reject
+from bft.errors import Malformed, ProtocolError, Reject
 from bft.messages import (
     MAX_TOKENS,
+    Evidence,
+    EvidenceCheck,
     InferenceRequest,
     LayerCheck,
     OpeningResponse,
+    SamplerCheck,
     SignedCommitment,
     TileRef,
     Verdict,
@@ -34,10 +38,22 @@ from merkle.tree import check_inclusion
 
 # Denominator floor for relative errors, in the hidden state's own units.
 _NORM_FLOOR = 1e-12
+# Margins are capped so that votes stay finite.
+_MARGIN_CAP = 1e30
 
 
 class LayerModel(Protocol):
-    """What a verifier needs of its model: embeddings and single-layer re-execution."""
+    """What a verifier needs of its model."""
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Return the token ids that end generation."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """Return the vocabulary size."""
+        ...
 
     def embed(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return ``[len(tokens), H]`` embeddings."""
@@ -47,29 +63,66 @@ class LayerModel(Protocol):
         """Return layer ``layer`` (1..L) applied to positions ``0..P-1`` of ``hidden_in``."""
         ...
 
+    def sampler_margin(
+        self,
+        hidden_last: npt.NDArray[np.float32],
+        request: InferenceRequest,
+        position: int,
+        token: int,
+    ) -> float:
+        """Return the sampler margin of ``token`` at ``position`` given boundary-L state."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Accept at or below ``accept_max``; reject above ``reject_min``; between: grey."""
+
+    accept_max: float
+    reject_min: float
+
+    def classify(self, value: float) -> str:
+        """Return ``"accept"``, ``"grey"`` or ``"reject"`` for ``value``."""
+        if value <= self.accept_max:
+            return "accept"
+        return "grey" if value <= self.reject_min else "reject"
+
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Accept/reject thresholds. Both are dimensionless ratios. [VERIFY.4]
+    """Accept/reject bands per check. [VERIFY.4]
 
-    ``layer_rel_error_max``: largest accepted per-position ``|y' - y| / |y - x|`` where ``x`` is
-    the committed layer input, ``y`` the committed output and ``y'`` the re-computed output.
-    ``embedding_rel_error_max``: largest accepted per-position ``|e' - e| / |e'|`` at boundary 0.
-    Measured here: honest noise 0 for full-prefix re-execution and <= 4e-7 on shorter
-    prefixes; int8-weights >= 1e-2 on SmolLM2 (docs/spec/verification.md). [detection]
-    replaces these with a calibrated table.
+    ``layer``: per-position ``|y' - y| / |y - x|`` (dimensionless; ``x`` the committed layer
+    input, ``y`` the committed output, ``y'`` the recomputed output).
+    ``embedding``: per-position ``|e' - e| / |e'|`` at boundary 0 (dimensionless).
+    ``sampler``: sampler margin (logit units, [SAMPLE.5]).
+    Defaults are the float32 torch-CPU calibration (docs/calibration.md); a thresholds file
+    from ``bench/calibrate.py`` overrides them.
     """
 
-    layer_rel_error_max: float = 1e-4
-    embedding_rel_error_max: float = 1e-5
+    layer: Band = Band(1e-5, 1e-4)
+    embedding: Band = Band(1e-6, 1e-5)
+    sampler: Band = Band(1e-3, 5e-2)
 
 
 @dataclass(frozen=True, slots=True)
-class ChallengeTicket:
-    """A verifier's challenge for one commitment, with the signature that seeds it."""
+class Session:
+    """One verification in progress: the challenge and whether it was escalated."""
 
+    request: InferenceRequest
+    signed: SignedCommitment
     challenge_signature: Signature
     challenge: Challenge
+    escalated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Measurements:
+    """Everything one pass of checks measured."""
+
+    embedding_error: float
+    layer_checks: tuple[LayerCheck, ...]
+    sampler_checks: tuple[SamplerCheck, ...]
 
 
 def compute_rel_errors(
@@ -82,6 +135,103 @@ def compute_rel_errors(
     den = np.linalg.norm(committed_out.astype(np.float64) - committed_in, axis=-1)
     errs: npt.NDArray[np.float64] = num / np.maximum(den, _NORM_FLOOR)
     return errs
+
+
+def compute_length_violation(
+    request: InferenceRequest, output: tuple[int, ...], eos_ids: frozenset[int]
+) -> str | None:
+    """Return how ``output`` breaks the length/EOS rule of [SAMPLE.4], or ``None``. [VERIFY.8]"""
+    s = request.sampling
+    if not output:
+        return "no output tokens"
+    if len(output) > s.max_new_tokens:
+        return "more output tokens than max_new_tokens"
+    if s.stop_at_eos:
+        if any(t in eos_ids for t in output[:-1]):
+            return "generation continued past an end-of-sequence token"
+        if output[-1] not in eos_ids and len(output) != s.max_new_tokens:
+            return "generation stopped early without an end-of-sequence token"
+    elif len(output) != s.max_new_tokens:
+        return "generation stopped before max_new_tokens with stop_at_eos off"
+    return None
+
+
+def open_tiles(
+    signed: SignedCommitment, response: OpeningResponse, wanted: Sequence[TileRef] | None = None
+) -> dict[TileRef, npt.NDArray[np.float32]]:
+    """Return the decoded tiles of ``response``; raise :class:`Reject` on any bad opening. [OPEN.3]
+
+    ``wanted`` (when given) must be a subset of the opened tiles; extra tiles are checked too.
+    """
+    c = signed.commitment
+    by_tile = {o.tile: o for o in response.openings}
+    if len(by_tile) != len(response.openings):
+        raise Reject("opening response holds a tile twice")
+    out = {}
+    for tile, o in sorted(by_tile.items(), key=lambda kv: (kv[0].boundary, kv[0].chunk)):
+        if not (0 <= tile.boundary <= c.num_layers and 0 <= tile.chunk < c.num_chunks):
+            raise Reject(f"opened tile ({tile.boundary},{tile.chunk}) is outside the commitment")
+        index = compute_leaf_index(tile.boundary, tile.chunk, c.num_chunks)
+        if o.proof.leaf_index != index:
+            raise Reject(f"tile ({tile.boundary},{tile.chunk}) opened at the wrong leaf index")
+        check_inclusion(c.merkle_root, c.num_leaves, o.leaf, o.proof)  # [REJECT] bad opening
+        rows = min(c.chunk_size, len(c.tokens) - tile.chunk * c.chunk_size)
+        out[tile] = decode_tile(
+            o.leaf, boundary=tile.boundary, chunk=tile.chunk, rows=rows, cols=c.hidden_size
+        )
+    return out
+
+
+def measure_embedding(
+    model: LayerModel,
+    tokens: tuple[int, ...],
+    tiles: dict[TileRef, npt.NDArray[np.float32]],
+    num_chunks: int,
+) -> tuple[float, int]:
+    """Return the largest boundary-0 error and its position. [VERIFY.3]"""
+    committed = np.concatenate([tiles[TileRef(0, k)] for k in range(num_chunks)])
+    expected = model.embed(tokens)
+    errs = compute_rel_errors(committed, expected, np.zeros_like(expected))
+    i = int(np.argmax(errs))
+    return float(errs[i]), i
+
+
+def measure_layer(
+    model: LayerModel,
+    layer: int,
+    chunks: tuple[int, ...],
+    tiles: dict[TileRef, npt.NDArray[np.float32]],
+    chunk_size: int,
+    num_tokens: int,
+) -> LayerCheck:
+    """Re-execute ``layer`` from the committed input and measure each challenged chunk."""
+    x = np.concatenate([tiles[TileRef(layer - 1, k)] for k in range(max(chunks) + 1)])
+    y_prime = model.run_layer(layer, x)
+    worst, worst_pos = 0.0, 0
+    for k in chunks:
+        lo = k * chunk_size
+        hi = min(lo + chunk_size, num_tokens)
+        errs = compute_rel_errors(y_prime[lo:hi], tiles[TileRef(layer, k)], x[lo:hi])
+        i = int(np.argmax(errs))
+        if errs[i] > worst:
+            worst, worst_pos = float(errs[i]), lo + i
+    return LayerCheck(layer=layer, chunks=chunks, max_rel_error=worst, worst_position=worst_pos)
+
+
+def measure_sampler(
+    model: LayerModel,
+    request: InferenceRequest,
+    signed: SignedCommitment,
+    position: int,
+    tiles: dict[TileRef, npt.NDArray[np.float32]],
+) -> SamplerCheck:
+    """Recompute the sampler's choice of the token at ``position``. [VERIFY.6]"""
+    c = signed.commitment
+    prev = position - 1
+    tile = tiles[TileRef(c.num_layers, prev // c.chunk_size)]
+    h = tile[prev % c.chunk_size]
+    margin = model.sampler_margin(h[None], request, position, c.tokens[position])
+    return SamplerCheck(position=position, margin=min(float(margin), _MARGIN_CAP))
 
 
 class VerifierCore:
@@ -105,165 +255,232 @@ class VerifierCore:
         self.network_id = network_id
         self.thresholds = thresholds or Thresholds()
 
-    def check_commitment(self, request: InferenceRequest, signed: SignedCommitment) -> str | None:
-        """Return why ``signed`` is provably wrong for ``request``, or ``None``. [VERIFY.1]
+    # -- commitment -------------------------------------------------------------------------
+
+    def check_commitment(
+        self, request: InferenceRequest, signed: SignedCommitment
+    ) -> tuple[EvidenceCheck, str] | None:
+        """Return which rule ``signed`` provably breaks for ``request``, or ``None``. [VERIFY.1]
 
         Raises (without voting) when the signature fails: an unsigned commitment proves nothing
         about the executor.
         """
         request.validate()
         signed.check()  # [IGNORE] commitment carries a valid executor signature
-        c = signed.commitment
         if request.network_id != self.network_id:
             raise Malformed("request is for another network")
         if request.model_id != self.model_id:
             raise Reject("request names a model this verifier does not hold")
-        problems = [
-            (c.network_id != request.network_id, "commitment is for another network"),
-            (c.request_digest != request.digest(), "commitment is for another request"),
-            (c.model_id != request.model_id, "commitment names another model"),
-            (c.tokens[: c.prompt_len] != request.prompt_tokens, "committed prompt differs"),
-            (
-                len(c.output_tokens) > request.sampling.max_new_tokens,
-                "more output tokens than max_new_tokens",
-            ),
-            (len(c.tokens) > MAX_TOKENS, "too many tokens"),
-            (c.num_layers != self.num_layers, "commitment has the wrong number of layers"),
-            (c.hidden_size != self.hidden_size, "commitment has the wrong hidden size"),
-            (c.dtype != "float32", f"dtype {c.dtype} is not checkable by this verifier"),
-        ]
-        return next((why for bad, why in problems if bad), None)
+        why = compute_commitment_problem(
+            request, signed, self.num_layers, self.hidden_size, self.model.vocab_size
+        )
+        if why is not None:
+            return EvidenceCheck.COMMITMENT, why
+        length = compute_length_violation(
+            request, signed.commitment.output_tokens, self.model.eos_ids
+        )
+        if length is not None:
+            return EvidenceCheck.LENGTH, length
+        return None
 
-    def compute_ticket(
-        self, request: InferenceRequest, signed: SignedCommitment
-    ) -> ChallengeTicket:
-        """Return this verifier's challenge for ``signed``. [CHAL.1]"""
+    def start(self, request: InferenceRequest, signed: SignedCommitment) -> Session | Vote:
+        """Return the session to fetch openings for, or a REJECT when the commitment is wrong."""
+        problem = self.check_commitment(request, signed)
         sig = self.key.sign(compute_challenge_message(self.network_id, signed.digest))
-        c = signed.commitment
-        challenge = compute_challenge(sig, c.num_layers, c.num_chunks, request.layers_per_verifier)
-        return ChallengeTicket(sig, challenge)
+        session = Session(
+            request, signed, sig, compute_commitment_challenge(sig, signed.commitment, request)
+        )
+        if problem is None:
+            return session
+        check, why = problem
+        return self.compute_vote(
+            session, Verdict.REJECT, why, evidence=Evidence(check, request, signed, detail=why)
+        )
+
+    # -- votes ------------------------------------------------------------------------------
 
     def compute_vote(
         self,
-        request: InferenceRequest,
-        signed: SignedCommitment,
-        ticket: ChallengeTicket,
+        session: Session,
         verdict: Verdict,
         reason: str,
-        layer_checks: tuple[LayerCheck, ...] = (),
-        embedding_error: float = 0.0,
+        measurements: Measurements | None = None,
+        evidence: Evidence | None = None,
     ) -> Vote:
         """Return the signed vote."""
+        m = measurements or Measurements(0.0, (), ())
         unsigned = Vote(
             network_id=self.network_id,
-            request_digest=request.digest(),
-            commitment_digest=signed.digest,
+            request_digest=session.request.digest(),
+            commitment_digest=session.signed.digest,
             verifier_key=self.key.public_key,
             verdict=verdict,
-            challenge_signature=ticket.challenge_signature,
-            layer_checks=layer_checks,
-            embedding_max_error=embedding_error,
+            challenge_signature=session.challenge_signature,
+            layer_checks=m.layer_checks,
+            embedding_max_error=m.embedding_error,
             reason=reason,
+            sampler_checks=m.sampler_checks,
+            escalated=session.escalated,
+            evidence=evidence,
         )
-        return Vote(
-            **{f: getattr(unsigned, f) for f in Vote.__dataclass_fields__ if f != "signature"},
-            signature=self.key.sign(unsigned.signing_root()),
-        )
+        return replace(unsigned, signature=self.key.sign(unsigned.signing_root()))
 
-    def on_openings(
-        self,
-        request: InferenceRequest,
-        signed: SignedCommitment,
-        ticket: ChallengeTicket,
-        response: OpeningResponse,
-    ) -> Vote:
-        """Check ``response`` against the signed commitment, re-execute, and vote. [VERIFY.2]"""
+    def on_unavailable(self, session: Session, why: str) -> Vote:
+        """Return the UNAVAILABLE vote for openings not served. [VERIFY.5]"""
+        return self.compute_vote(session, Verdict.UNAVAILABLE, why)
+
+    # -- openings ---------------------------------------------------------------------------
+
+    def on_openings(self, session: Session, response: OpeningResponse) -> Session | Vote:
+        """Check ``response`` and return the vote, or an escalated session. [VERIFY.2]"""
+        signed = session.signed
         c = signed.commitment
-        if (
-            response.commitment_digest != signed.digest
-            or response.network_id != self.network_id
-            or not is_valid_signature(c.executor_key, response.signing_root(), response.signature)
+        if response.network_id != self.network_id or not is_valid_signature(
+            c.executor_key, response.signing_root(), response.signature
         ):
             # Not attributable to the executor: a liveness fault, never a slash. [VERIFY.5]
-            return self.compute_vote(
-                request,
-                signed,
-                ticket,
-                Verdict.UNAVAILABLE,
-                "opening response not signed by executor",
-            )
+            return self.on_unavailable(session, "opening response not signed by the executor")
+        if response.commitment_digest != signed.digest:
+            return self._on_other_root(session, response)
+        wanted = session.challenge.required_tiles()
+        if not set(wanted) <= {o.tile for o in response.openings}:
+            return self.on_unavailable(session, "challenged tiles not served")
         try:
-            tiles = self._open_tiles(signed, ticket.challenge, response)
-            emb_err = self._check_embedding(c.tokens, tiles, c.num_chunks, c.chunk_size)
-            checks = tuple(
-                self._check_layer(lc.layer, lc.chunks, tiles, c.chunk_size, len(c.tokens))
-                for lc in ticket.challenge.layers
-            )
+            tiles = open_tiles(signed, response, wanted)
         except Reject as exc:
-            return self.compute_vote(request, signed, ticket, Verdict.REJECT, str(exc))
+            evidence = Evidence(
+                EvidenceCheck.OPENING, session.request, signed, response, detail=str(exc)
+            )
+            return self.compute_vote(session, Verdict.REJECT, str(exc), evidence=evidence)
+        m = self.measure(session, tiles)
+        return self.decide(session, response, m)
+
+    def _on_other_root(self, session: Session, response: OpeningResponse) -> Vote:
+        other = response.commitment
+        c = session.signed.commitment
+        if (
+            other is not None
+            and other.digest == response.commitment_digest
+            and other.commitment.executor_key == c.executor_key
+            and other.commitment.request_digest == c.request_digest
+        ):
+            try:
+                other.check()
+            except ProtocolError as exc:  # a bad second signature is no evidence
+                return self.on_unavailable(session, f"openings for another commitment ({exc})")
+            why = "executor signed two different commitments for one request"
+            evidence = Evidence(
+                EvidenceCheck.EQUIVOCATION, session.request, session.signed, other=other, detail=why
+            )
+            return self.compute_vote(session, Verdict.REJECT, why, evidence=evidence)
+        return self.on_unavailable(session, "openings are for another commitment")
+
+    def measure(
+        self, session: Session, tiles: dict[TileRef, npt.NDArray[np.float32]]
+    ) -> Measurements:
+        """Run every check of ``session``'s challenge on the opened ``tiles``."""
+        c = session.signed.commitment
+        emb, _ = measure_embedding(self.model, c.tokens, tiles, c.num_chunks)
+        layers = tuple(
+            measure_layer(self.model, lc.layer, lc.chunks, tiles, c.chunk_size, len(c.tokens))
+            for lc in session.challenge.layers
+        )
+        samplers = tuple(
+            measure_sampler(self.model, session.request, session.signed, p, tiles)
+            for p in session.challenge.positions
+        )
+        return Measurements(emb, layers, samplers)
+
+    def decide(
+        self, session: Session, response: OpeningResponse, m: Measurements
+    ) -> Session | Vote:
+        """Apply the thresholds to ``m``: REJECT, escalate once on grey, or ACCEPT. [VERIFY.4]"""
         t = self.thresholds
-        worst = max((ch.max_rel_error for ch in checks), default=0.0)
-        if emb_err > t.embedding_rel_error_max:
-            verdict, reason = (
-                Verdict.REJECT,
-                f"boundary 0 differs from the token embeddings ({emb_err:.3g})",
+        req, signed = session.request, session.signed
+        findings: list[tuple[str, Evidence, str]] = []
+        cls = t.embedding.classify(m.embedding_error)
+        why = f"boundary 0 differs from the token embeddings ({m.embedding_error:.3g})"
+        findings.append(
+            (
+                cls,
+                Evidence(
+                    EvidenceCheck.EMBEDDING,
+                    req,
+                    signed,
+                    response,
+                    measured=m.embedding_error,
+                    detail=why,
+                ),
+                why,
             )
-        elif worst > t.layer_rel_error_max:
-            bad = next(ch for ch in checks if ch.max_rel_error == worst)
-            verdict, reason = Verdict.REJECT, f"layer {bad.layer} recomputes with error {worst:.3g}"
-        else:
-            verdict, reason = Verdict.ACCEPT, ""
-        return self.compute_vote(request, signed, ticket, verdict, reason, checks, emb_err)
-
-    def _open_tiles(
-        self, signed: SignedCommitment, challenge: Challenge, response: OpeningResponse
-    ) -> dict[TileRef, npt.NDArray[np.float32]]:
-        c = signed.commitment
-        wanted = challenge.required_tiles()
-        by_tile = {o.tile: o for o in response.openings}
-        if set(by_tile) != set(wanted):
-            raise Reject("signed opening response does not hold exactly the challenged tiles")
-        out = {}
-        for tile in wanted:
-            o = by_tile[tile]
-            index = compute_leaf_index(tile.boundary, tile.chunk, c.num_chunks)
-            if o.proof.leaf_index != index:
-                raise Reject(f"tile ({tile.boundary},{tile.chunk}) opened at the wrong leaf index")
-            check_inclusion(c.merkle_root, c.num_leaves, o.leaf, o.proof)  # [REJECT] bad opening
-            rows = min(c.chunk_size, len(c.tokens) - tile.chunk * c.chunk_size)
-            out[tile] = decode_tile(
-                o.leaf, boundary=tile.boundary, chunk=tile.chunk, rows=rows, cols=c.hidden_size
+        )
+        for lc in m.layer_checks:
+            why = f"layer {lc.layer} recomputes with error {lc.max_rel_error:.3g}"
+            ev = Evidence(
+                EvidenceCheck.LAYER,
+                req,
+                signed,
+                response,
+                layer=lc.layer,
+                position=lc.worst_position,
+                measured=lc.max_rel_error,
+                detail=why,
             )
-        return out
+            findings.append((t.layer.classify(lc.max_rel_error), ev, why))
+        for sc in m.sampler_checks:
+            why = f"token at position {sc.position} is not the sampler's choice"
+            why += f" (margin {sc.margin:.3g})"
+            ev = Evidence(
+                EvidenceCheck.SAMPLER,
+                req,
+                signed,
+                response,
+                position=sc.position,
+                measured=sc.margin,
+                detail=why,
+            )
+            findings.append((t.sampler.classify(sc.margin), ev, why))
+        rejects = [f for f in findings if f[0] == "reject"]
+        if rejects:
+            worst = max(rejects, key=lambda f: f[1].measured / _reject_scale(t, f[1].check))
+            return self.compute_vote(session, Verdict.REJECT, worst[2], m, evidence=worst[1])
+        if any(f[0] == "grey" for f in findings) and not session.escalated:
+            challenge = compute_commitment_challenge(
+                session.challenge_signature, signed.commitment, req, escalated=True
+            )
+            return replace(session, challenge=challenge, escalated=True)
+        return self.compute_vote(session, Verdict.ACCEPT, "", m)
 
-    def _check_embedding(
-        self,
-        tokens: tuple[int, ...],
-        tiles: dict[TileRef, npt.NDArray[np.float32]],
-        num_chunks: int,
-        chunk_size: int,
-    ) -> float:
-        committed = np.concatenate([tiles[TileRef(0, k)] for k in range(num_chunks)])
-        expected = self.model.embed(tokens)
-        errs = compute_rel_errors(committed, expected, np.zeros_like(expected))
-        return float(errs.max())
 
-    def _check_layer(
-        self,
-        layer: int,
-        chunks: tuple[int, ...],
-        tiles: dict[TileRef, npt.NDArray[np.float32]],
-        chunk_size: int,
-        num_tokens: int,
-    ) -> LayerCheck:
-        x = np.concatenate([tiles[TileRef(layer - 1, k)] for k in range(max(chunks) + 1)])
-        y_prime = self.model.run_layer(layer, x)
-        worst, worst_pos = 0.0, 0
-        for k in chunks:
-            lo = k * chunk_size
-            hi = min(lo + chunk_size, num_tokens)
-            errs = compute_rel_errors(y_prime[lo:hi], tiles[TileRef(layer, k)], x[lo:hi])
-            i = int(np.argmax(errs))
-            if errs[i] > worst:
-                worst, worst_pos = float(errs[i]), lo + i
-        return LayerCheck(layer=layer, chunks=chunks, max_rel_error=worst, worst_position=worst_pos)
+def _reject_scale(t: Thresholds, check: EvidenceCheck) -> float:
+    band = {EvidenceCheck.LAYER: t.layer, EvidenceCheck.EMBEDDING: t.embedding}.get(
+        check, t.sampler
+    )
+    return max(band.reject_min, 1e-30)
+
+
+def compute_commitment_problem(
+    request: InferenceRequest,
+    signed: SignedCommitment,
+    num_layers: int,
+    hidden_size: int,
+    vocab_size: int,
+) -> str | None:
+    """Return why the signed commitment contradicts ``request`` or the model, or ``None``."""
+    c = signed.commitment
+    problems = [
+        (c.network_id != request.network_id, "commitment is for another network"),
+        (c.request_digest != request.digest(), "commitment is for another request"),
+        (c.model_id != request.model_id, "commitment names another model"),
+        (c.tokens[: c.prompt_len] != request.prompt_tokens, "committed prompt differs"),
+        (
+            len(c.output_tokens) > request.sampling.max_new_tokens,
+            "more output tokens than max_new_tokens",
+        ),
+        (len(c.tokens) > MAX_TOKENS, "too many tokens"),
+        (max(c.tokens) >= vocab_size, "token id outside the model's vocabulary"),
+        (c.num_layers != num_layers, "commitment has the wrong number of layers"),
+        (c.hidden_size != hidden_size, "commitment has the wrong hidden size"),
+        (c.dtype != "float32", f"dtype {c.dtype} is not checkable by this verifier"),
+    ]
+    return next((why for bad, why in problems if bad), None)

@@ -16,8 +16,8 @@ import numpy.typing as npt
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from bft.messages import SamplingParams
-from executor.sampler import sample_token
+from bft.messages import InferenceRequest, SamplingParams
+from executor.sampler import compute_sampler_margin, sample_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,17 @@ class TorchBackend:
             vocab_size=cfg.vocab_size,
         )
         eos = cfg.eos_token_id
-        self.eos_ids = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self._eos_ids = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """Return the token ids that end generation."""
+        return self._eos_ids
+
+    @property
+    def vocab_size(self) -> int:
+        """Return the vocabulary size."""
+        return self.info.vocab_size
 
     @torch.inference_mode()
     def generate(self, prompt: Sequence[int], params: SamplingParams, seed: bytes) -> list[int]:
@@ -132,6 +142,19 @@ class TorchBackend:
         h = torch.from_numpy(np.ascontiguousarray(hidden_last, dtype=np.float32))
         logits = self.model.lm_head(self.model.model.norm(h))
         return np.asarray(logits.float().numpy(), dtype=np.float32)
+
+    def sampler_margin(
+        self,
+        hidden_last: npt.NDArray[np.float32],
+        request: InferenceRequest,
+        position: int,
+        token: int,
+    ) -> float:
+        """Return the [SAMPLE.5] margin of ``token`` at ``position`` from ``hidden_last``."""
+        logits = self.final_logits(hidden_last)[-1]
+        return compute_sampler_margin(
+            logits, request.sampling, request.sampling_seed(), position, token
+        )
 
     def _attention_inputs(
         self, h: torch.Tensor

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -140,15 +140,15 @@ class ExecutorCore:
                 raise Malformed(f"tile ({tile.boundary},{tile.chunk}) outside the commitment")
             index = compute_leaf_index(tile.boundary, tile.chunk, c.num_chunks)
             openings.append(self.compute_opening(run, tile, index))
-        unsigned = OpeningResponse(
-            self.network_id, commitment_digest, tuple(openings), Signature(b"")
-        )
-        return OpeningResponse(
-            unsigned.network_id,
-            unsigned.commitment_digest,
-            unsigned.openings,
-            self.key.sign(unsigned.signing_root()),
-        )
+        return self.sign_openings(run.signed, tuple(openings))
+
+    def sign_openings(
+        self, signed: SignedCommitment, openings: tuple[TileOpening, ...]
+    ) -> OpeningResponse:
+        """Return ``openings`` of ``signed`` as a response signed by this executor. [OPEN.1]"""
+        unsigned = OpeningResponse(self.network_id, signed.digest, openings, Signature(b""))
+        sig = self.key.sign(unsigned.signing_root())
+        return replace(unsigned, signature=sig, commitment=signed)
 
     def compute_opening(self, run: CommittedRun, tile: TileRef, index: int) -> TileOpening:
         """Return the opening of leaf ``index`` (honest: the committed leaf and its proof)."""

@@ -64,3 +64,35 @@ def sample_token(
     allowed = compute_allowed(scaled, params)
     scores = np.where(allowed, scaled + compute_gumbel_noise(seed, position, x.shape[0]), -np.inf)
     return int(np.argmax(scores))
+
+
+def compute_sampler_margin(
+    logits: npt.NDArray[np.floating],
+    params: SamplingParams,
+    seed: bytes,
+    position: int,
+    token: int,
+) -> float:
+    """Return how far ``token`` is from being the sampler's choice, in logit units. [SAMPLE.5]
+
+    0 when ``token`` is exactly what :func:`sample_token` picks. Greedy: ``max(x) - x[token]``.
+    Otherwise ``T * (best score - score of token)`` over the surviving tokens, plus, when
+    ``token`` was filtered out by top-k/top-p, ``T`` times the gap between its scaled logit and
+    the lowest surviving one. Honest logit noise gives margins near 0; a token chosen by another
+    rule gives margins of the order of the logit spread.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    if not 0 <= token < x.shape[0]:
+        return float("inf")
+    if params.temperature == 0.0:
+        return float(x.max() - x[token])
+    t = params.temperature
+    with np.errstate(over="ignore"):
+        scaled = (x - x.max()) / t
+    allowed = compute_allowed(scaled, params)
+    scores = scaled + compute_gumbel_noise(seed, position, x.shape[0])
+    best = float(np.max(np.where(allowed, scores, -np.inf)))
+    if allowed[token]:
+        return float(t * max(0.0, best - scores[token]))
+    gap = float(np.min(scaled[allowed]) - scaled[token])
+    return float(t * (max(0.0, gap) + max(0.0, best - scores[token])))

@@ -15,9 +15,12 @@ from bft.messages import (
     MAX_LAYERS,
     MAX_LEAVES,
     Commitment,
+    Evidence,
+    EvidenceCheck,
     InferenceRequest,
     LayerCheck,
     OpeningResponse,
+    SamplerCheck,
     SamplingParams,
     SignedCommitment,
     TileOpening,
@@ -81,6 +84,7 @@ def request_to_pb(r: InferenceRequest) -> pb.InferenceRequest:
         f=r.f,
         layers_per_verifier=r.layers_per_verifier,
         validator_set_digest=r.validator_set_digest,
+        positions_per_verifier=r.positions_per_verifier,
     )
 
 
@@ -97,6 +101,7 @@ def request_from_pb(m: pb.InferenceRequest) -> InferenceRequest:
         f=m.f,
         layers_per_verifier=m.layers_per_verifier,
         validator_set_digest=Digest(m.validator_set_digest),
+        positions_per_verifier=m.positions_per_verifier,
     )
     r.validate()
     return r
@@ -192,6 +197,7 @@ def opening_response_to_pb(r: OpeningResponse) -> pb.OpenResponse:
             for o in r.openings
         ],
         signature=r.signature,
+        commitment=commitment_to_pb(r.commitment) if r.commitment else None,
     )
 
 
@@ -211,6 +217,7 @@ def opening_response_from_pb(m: pb.OpenResponse) -> OpeningResponse:
         commitment_digest=Digest(m.commitment_digest),
         openings=tuple(openings),
         signature=Signature(m.signature),
+        commitment=commitment_from_pb(m.commitment) if m.HasField("commitment") else None,
     )
 
 
@@ -235,6 +242,11 @@ def vote_to_pb(v: Vote) -> pb.Vote:
         embedding_max_error=v.embedding_max_error,
         reason=v.reason,
         signature=v.signature,
+        sampler_checks=[
+            pb.SamplerCheck(position=s.position, margin=s.margin) for s in v.sampler_checks
+        ],
+        escalated=v.escalated,
+        evidence=evidence_to_pb(v.evidence) if v.evidence else None,
     )
 
 
@@ -265,9 +277,63 @@ def vote_from_pb(m: pb.Vote) -> Vote:
         embedding_max_error=_finite(m.embedding_max_error, "embedding_max_error"),
         reason=m.reason,
         signature=Signature(m.signature),
+        sampler_checks=tuple(
+            SamplerCheck(position=s.position, margin=_finite(s.margin, "margin"))
+            for s in m.sampler_checks
+        ),
+        escalated=m.escalated,
+        evidence=evidence_from_pb(m.evidence) if m.HasField("evidence") else None,
     )
     v.validate()
     return v
+
+
+_CHECKS = {
+    EvidenceCheck.COMMITMENT: pb.CHECK_COMMITMENT,
+    EvidenceCheck.LENGTH: pb.CHECK_LENGTH,
+    EvidenceCheck.OPENING: pb.CHECK_OPENING,
+    EvidenceCheck.EMBEDDING: pb.CHECK_EMBEDDING,
+    EvidenceCheck.LAYER: pb.CHECK_LAYER,
+    EvidenceCheck.SAMPLER: pb.CHECK_SAMPLER,
+    EvidenceCheck.EQUIVOCATION: pb.CHECK_EQUIVOCATION,
+}
+_CHECKS_BACK = {v: k for k, v in _CHECKS.items()}
+
+
+def evidence_to_pb(e: Evidence) -> pb.Evidence:
+    """Return the protobuf form of ``e``."""
+    return pb.Evidence(
+        check=_CHECKS[e.check],
+        request=request_to_pb(e.request),
+        commitment=commitment_to_pb(e.signed),
+        response=opening_response_to_pb(e.response) if e.response else None,
+        other=commitment_to_pb(e.other) if e.other else None,
+        layer=e.layer,
+        position=e.position,
+        measured=e.measured,
+        detail=e.detail,
+    )
+
+
+def evidence_from_pb(m: pb.Evidence) -> Evidence:
+    """Return structurally valid evidence from ``m`` (signatures not yet checked). [EVID.2]"""
+    if m.check not in _CHECKS_BACK:
+        raise Malformed(f"unknown evidence check {m.check}")
+    _require(m, "request")
+    _require(m, "commitment")
+    if len(m.detail) > 1024:
+        raise Malformed("evidence detail too long")
+    return Evidence(
+        check=_CHECKS_BACK[m.check],
+        request=request_from_pb(m.request),
+        signed=commitment_from_pb(m.commitment),
+        response=opening_response_from_pb(m.response) if m.HasField("response") else None,
+        other=commitment_from_pb(m.other) if m.HasField("other") else None,
+        layer=m.layer,
+        position=m.position,
+        measured=_finite(m.measured, "measured"),
+        detail=m.detail,
+    )
 
 
 def receipt_to_pb(r: Receipt) -> pb.Receipt:

@@ -40,6 +40,33 @@ REJECT: Verdict.ValueType  # 2
 UNAVAILABLE: Verdict.ValueType  # 3
 Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
 
+class _EvidenceCheck:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvidenceCheckEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvidenceCheck.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVIDENCE_CHECK_UNSPECIFIED: _EvidenceCheck.ValueType  # 0
+    CHECK_COMMITMENT: _EvidenceCheck.ValueType  # 1
+    CHECK_LENGTH: _EvidenceCheck.ValueType  # 2
+    CHECK_OPENING: _EvidenceCheck.ValueType  # 3
+    CHECK_EMBEDDING: _EvidenceCheck.ValueType  # 4
+    CHECK_LAYER: _EvidenceCheck.ValueType  # 5
+    CHECK_SAMPLER: _EvidenceCheck.ValueType  # 6
+    CHECK_EQUIVOCATION: _EvidenceCheck.ValueType  # 7
+
+class EvidenceCheck(_EvidenceCheck, metaclass=_EvidenceCheckEnumTypeWrapper): ...
+
+EVIDENCE_CHECK_UNSPECIFIED: EvidenceCheck.ValueType  # 0
+CHECK_COMMITMENT: EvidenceCheck.ValueType  # 1
+CHECK_LENGTH: EvidenceCheck.ValueType  # 2
+CHECK_OPENING: EvidenceCheck.ValueType  # 3
+CHECK_EMBEDDING: EvidenceCheck.ValueType  # 4
+CHECK_LAYER: EvidenceCheck.ValueType  # 5
+CHECK_SAMPLER: EvidenceCheck.ValueType  # 6
+CHECK_EQUIVOCATION: EvidenceCheck.ValueType  # 7
+Global___EvidenceCheck: _TypeAlias = EvidenceCheck  # noqa: Y015
+
 @_typing.final
 class SamplingParams(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -87,6 +114,7 @@ class InferenceRequest(_message.Message):
     F_FIELD_NUMBER: _builtins.int
     LAYERS_PER_VERIFIER_FIELD_NUMBER: _builtins.int
     VALIDATOR_SET_DIGEST_FIELD_NUMBER: _builtins.int
+    POSITIONS_PER_VERIFIER_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     request_id: _builtins.bytes
     """16 bytes, chosen at random by the assembler"""
@@ -99,6 +127,8 @@ class InferenceRequest(_message.Message):
     """k"""
     validator_set_digest: _builtins.bytes
     """32 bytes"""
+    positions_per_verifier: _builtins.int
+    """m, sampler checks per verifier"""
     @_builtins.property
     def prompt_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -115,10 +145,11 @@ class InferenceRequest(_message.Message):
         f: _builtins.int = ...,
         layers_per_verifier: _builtins.int = ...,
         validator_set_digest: _builtins.bytes = ...,
+        positions_per_verifier: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "f", b"f", "layers_per_verifier", b"layers_per_verifier", "model_id", b"model_id", "network_id", b"network_id", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "validator_set_digest", b"validator_set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "f", b"f", "layers_per_verifier", b"layers_per_verifier", "model_id", b"model_id", "network_id", b"network_id", "positions_per_verifier", b"positions_per_verifier", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "validator_set_digest", b"validator_set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,12 +369,17 @@ class OpenResponse(_message.Message):
     COMMITMENT_DIGEST_FIELD_NUMBER: _builtins.int
     OPENINGS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     commitment_digest: _builtins.bytes
     signature: _builtins.bytes
     """executor's, over the opening signing root"""
     @_builtins.property
     def openings(self) -> _containers.RepeatedCompositeFieldContainer[Global___TileOpening]: ...
+    @_builtins.property
+    def commitment(self) -> Global___SignedCommitment:
+        """the commitment opened (equivocation shows here)"""
+
     def __init__(
         self,
         *,
@@ -351,10 +387,11 @@ class OpenResponse(_message.Message):
         commitment_digest: _builtins.bytes = ...,
         openings: _abc.Iterable[Global___TileOpening] | None = ...,
         signature: _builtins.bytes = ...,
+        commitment: Global___SignedCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment_digest", b"commitment_digest", "network_id", b"network_id", "openings", b"openings", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "commitment_digest", b"commitment_digest", "network_id", b"network_id", "openings", b"openings", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -390,6 +427,84 @@ class LayerCheck(_message.Message):
 Global___LayerCheck: _TypeAlias = LayerCheck  # noqa: Y015
 
 @_typing.final
+class SamplerCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    MARGIN_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    margin: _builtins.float
+    """logit units"""
+    def __init__(
+        self,
+        *,
+        position: _builtins.int = ...,
+        margin: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["margin", b"margin", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SamplerCheck: _TypeAlias = SamplerCheck  # noqa: Y015
+
+@_typing.final
+class Evidence(_message.Message):
+    """What a REJECT proves; an evidence file is one serialized Evidence (at most 64 MiB)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    OTHER_FIELD_NUMBER: _builtins.int
+    LAYER_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    check: Global___EvidenceCheck.ValueType
+    layer: _builtins.int
+    position: _builtins.int
+    measured: _builtins.float
+    detail: _builtins.str
+    @_builtins.property
+    def request(self) -> Global___InferenceRequest: ...
+    @_builtins.property
+    def commitment(self) -> Global___SignedCommitment:
+        """the accused commitment"""
+
+    @_builtins.property
+    def response(self) -> Global___OpenResponse:
+        """the executor's signed openings (opening/computation claims)"""
+
+    @_builtins.property
+    def other(self) -> Global___SignedCommitment:
+        """a second root for the same request (equivocation)"""
+
+    def __init__(
+        self,
+        *,
+        check: Global___EvidenceCheck.ValueType = ...,
+        request: Global___InferenceRequest | None = ...,
+        commitment: Global___SignedCommitment | None = ...,
+        response: Global___OpenResponse | None = ...,
+        other: Global___SignedCommitment | None = ...,
+        layer: _builtins.int = ...,
+        position: _builtins.int = ...,
+        measured: _builtins.float = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "other", b"other", "request", b"request", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "commitment", b"commitment", "detail", b"detail", "layer", b"layer", "measured", b"measured", "other", b"other", "position", b"position", "request", b"request", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
+
+@_typing.final
 class Vote(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -403,6 +518,9 @@ class Vote(_message.Message):
     EMBEDDING_MAX_ERROR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SAMPLER_CHECKS_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     request_digest: _builtins.bytes
     commitment_digest: _builtins.bytes
@@ -412,8 +530,15 @@ class Vote(_message.Message):
     embedding_max_error: _builtins.float
     reason: _builtins.str
     signature: _builtins.bytes
+    escalated: _builtins.bool
     @_builtins.property
     def layer_checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerCheck]: ...
+    @_builtins.property
+    def sampler_checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___SamplerCheck]: ...
+    @_builtins.property
+    def evidence(self) -> Global___Evidence:
+        """set on every REJECT"""
+
     def __init__(
         self,
         *,
@@ -427,10 +552,13 @@ class Vote(_message.Message):
         embedding_max_error: _builtins.float = ...,
         reason: _builtins.str = ...,
         signature: _builtins.bytes = ...,
+        sampler_checks: _abc.Iterable[Global___SamplerCheck] | None = ...,
+        escalated: _builtins.bool = ...,
+        evidence: Global___Evidence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_signature", b"challenge_signature", "commitment_digest", b"commitment_digest", "embedding_max_error", b"embedding_max_error", "layer_checks", b"layer_checks", "network_id", b"network_id", "reason", b"reason", "request_digest", b"request_digest", "signature", b"signature", "verdict", b"verdict", "verifier_key", b"verifier_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_signature", b"challenge_signature", "commitment_digest", b"commitment_digest", "embedding_max_error", b"embedding_max_error", "escalated", b"escalated", "evidence", b"evidence", "layer_checks", b"layer_checks", "network_id", b"network_id", "reason", b"reason", "request_digest", b"request_digest", "sampler_checks", b"sampler_checks", "signature", b"signature", "verdict", b"verdict", "verifier_key", b"verifier_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,6 +33,7 @@ from proto import verihive_pb2_grpc as pb_grpc
 from verihive.rpc import (
     EXECUTE_TIMEOUT_S,
     INFO_TIMEOUT_S,
+    MAX_OPEN_MESSAGE_BYTES,
     VERIFY_TIMEOUT_S,
     make_channel,
 )
@@ -101,7 +102,11 @@ class AssemblerNode:
         self.executors = list(executors)
         self.verifiers = {v.public_key: v for v in verifiers}
         self.validators = tuple(v.public_key for v in verifiers)
-        self._channels = {p.address: make_channel(p.address) for p in [*executors, *verifiers]}
+        # Votes may carry evidence (opened tiles): verifier channels take the large limit.
+        self._channels = {p.address: make_channel(p.address) for p in executors}
+        self._channels.update(
+            {p.address: make_channel(p.address, MAX_OPEN_MESSAGE_BYTES) for p in verifiers}
+        )
         self._pool = futures.ThreadPoolExecutor(max_workers=max(4, len(verifiers)))
 
     def close(self) -> None:

@@ -7,8 +7,11 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from google.protobuf.message import DecodeError
 
 from bft.crypto import compute_node_id
 from bft.errors import Malformed, ProtocolError
@@ -20,18 +23,33 @@ from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
-from verihive.rpc import INFER_TIMEOUT_S, make_channel
+from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
+
+MAX_EVIDENCE_BYTES = 64 << 20
 
 
 def _vote_obj(v: pb.Vote) -> dict[str, Any]:
-    return {
+    obj = {
         "verifier": compute_node_id(PublicKey(v.verifier_key)).hex(),
         "verdict": Verdict(v.verdict).name,
         "layers": [c.layer for c in v.layer_checks],
         "max_error": max((c.max_rel_error for c in v.layer_checks), default=0.0),
         "embedding_error": v.embedding_max_error,
+        "positions": [s.position for s in v.sampler_checks],
+        "max_margin": max((s.margin for s in v.sampler_checks), default=0.0),
+        "escalated": v.escalated,
         "reason": v.reason,
     }
+    if v.HasField("evidence"):
+        e = v.evidence
+        obj["evidence"] = {
+            "check": pb.EvidenceCheck.Name(e.check).removeprefix("CHECK_").lower(),
+            "layer": e.layer,
+            "position": e.position,
+            "measured": e.measured,
+            "bytes": e.ByteSize(),
+        }
+    return obj
 
 
 def build_result(
@@ -102,6 +120,11 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("prompt")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--receipt-out", type=Path, help="write the receipt JSON to this file")
+    p.add_argument(
+        "--evidence-out",
+        type=Path,
+        help="write the evidence of the first REJECT vote (protobuf verihive.v1.Evidence)",
+    )
     p.add_argument("--byzantine-executor", choices=MODES, help="make the first executor lie")
     p.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -110,6 +133,12 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument(
         "--layers-per-verifier", type=int, default=2, help="k, layers each verifier checks"
+    )
+    p.add_argument(
+        "--positions-per-verifier",
+        type=int,
+        default=4,
+        help="m, output positions whose token each verifier re-samples",
     )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -121,7 +150,9 @@ def infer_main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
     config = LocalNetConfig(
-        byzantine_executor=args.byzantine_executor, layers_per_verifier=args.layers_per_verifier
+        byzantine_executor=args.byzantine_executor,
+        layers_per_verifier=args.layers_per_verifier,
+        positions_per_verifier=args.positions_per_verifier,
     )
     sampling = SamplingParams(
         temperature=args.temperature,
@@ -134,7 +165,7 @@ def infer_main(argv: list[str] | None = None) -> int:
     except ProtocolError as exc:
         p.error(str(exc))
     with start_local_network(loaded, config) as net:
-        channel = make_channel(net.assembler_address)
+        channel = make_channel(net.assembler_address, MAX_OPEN_MESSAGE_BYTES)
         try:
             stub = pb_grpc.AssemblerStub(channel)
             reply = stub.Infer(
@@ -146,6 +177,12 @@ def infer_main(argv: list[str] | None = None) -> int:
     result = build_result(reply, loaded.name, loaded.model_id, time.monotonic() - start)
     if args.receipt_out and reply.accepted:
         args.receipt_out.write_text(receipt_to_json(reply.receipt))
+    if args.evidence_out:
+        evidence = next(
+            (v.evidence for a in reply.attempts for v in a.votes if v.HasField("evidence")), None
+        )
+        if evidence is not None:
+            args.evidence_out.write_bytes(evidence.SerializeToString())
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0 if reply.accepted else 1
 
@@ -164,6 +201,57 @@ def _read_validators(path: Path) -> tuple[PublicKey, ...]:
     return tuple(keys)
 
 
+def _audit(path: Path, model: str) -> int:
+    """Run ``bft-verify audit``; print one line; return the exit code. [EVID.4]"""
+    from bft.evidence import MODEL_FREE_CHECKS, audit_evidence
+
+    try:
+        data = path.read_bytes()
+        if len(data) > MAX_EVIDENCE_BYTES:
+            raise Malformed(f"evidence file larger than {MAX_EVIDENCE_BYTES} bytes")
+        message = pb.Evidence()
+        try:
+            message.ParseFromString(data)
+        except DecodeError as exc:
+            raise Malformed(f"not a verihive.v1.Evidence message: {exc}") from exc
+        evidence = convert.evidence_from_pb(message)
+    except OSError as exc:
+        print(f"malformed: cannot read {path}: {exc.strerror}")
+        return 2
+    except ProtocolError as exc:
+        print(f"malformed: {exc}")
+        return 2
+    auditor = None
+    if evidence.check not in MODEL_FREE_CHECKS:
+        auditor = _load_auditor(evidence.signed.commitment.model_id, model)
+        if auditor is None:
+            print("cannot audit: this evidence needs a model this machine does not hold")
+            return 3
+    result = audit_evidence(evidence, auditor)
+    verdict = "proven" if result.proven else "not proven"
+    print(f"{verdict}: {result.check.value}: {result.detail}")
+    return 0 if result.proven else 1
+
+
+def _load_auditor(model_id: bytes, which: str) -> Any:
+    from bft.evidence import AuditModel
+    from executor.backend import TorchBackend
+    from executor.model import load_smollm2, load_tiny
+
+    loaders: dict[str, list[Callable[[], Any]]] = {
+        "smollm2": [load_smollm2],
+        "tiny": [load_tiny],
+        "auto": [load_smollm2, load_tiny],
+    }
+    for load in loaders[which]:
+        loaded = load()
+        if loaded.model_id == model_id:
+            backend = TorchBackend(loaded.model)
+            info = backend.info
+            return AuditModel(backend, loaded.model_id, info.num_layers, info.hidden_size)
+    return None
+
+
 def verify_main(argv: list[str] | None = None) -> int:
     """Run ``bft-verify``: offline checks (``receipt FILE``)."""
     p = argparse.ArgumentParser(prog="bft-verify", description="verihive validator tools")
@@ -177,7 +265,16 @@ def verify_main(argv: list[str] | None = None) -> int:
         type=Path,
         help="file of trusted validator public keys (hex, one per line) the receipt must name",
     )
+    a = sub.add_parser(
+        "audit",
+        help="re-check REJECT evidence offline (exit 0 proven, 1 not proven, 2 malformed,"
+        " 3 model not held)",
+    )
+    a.add_argument("file", type=Path)
+    a.add_argument("--model", choices=("auto", "smollm2", "tiny"), default="auto")
     args = p.parse_args(argv)
+    if args.command == "audit":
+        return _audit(args.file, args.model)
     if args.command == "receipt":
         try:
             data = args.file.read_bytes()

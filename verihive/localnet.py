@@ -38,6 +38,7 @@ class LocalNetConfig:
     num_verifiers: int = 4
     f: int = 1
     layers_per_verifier: int = 2
+    positions_per_verifier: int = 4
     chunk_size: int = DEFAULT_CHUNK_SIZE
     byzantine_executor: str | None = None
     network_id: str = DEFAULT_NETWORK_ID
@@ -125,7 +126,10 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
             for a in verifier_addresses
         ]
         policy = AssemblerPolicy(
-            network_id=config.network_id, f=config.f, layers_per_verifier=config.layers_per_verifier
+            network_id=config.network_id,
+            f=config.f,
+            layers_per_verifier=config.layers_per_verifier,
+            positions_per_verifier=config.positions_per_verifier,
         )
         node = AssemblerNode(
             SigningKey.generate(), policy, loaded.model_id, loaded.tokenizer, executors, verifiers

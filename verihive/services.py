@@ -8,9 +8,8 @@ import threading
 import grpc
 
 from bft.errors import Malformed, ProtocolError
-from bft.messages import Verdict
 from bft.types import DIGEST_SIZE, Digest
-from bft.verifier import VerifierCore
+from bft.verifier import Session, VerifierCore
 from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
@@ -82,28 +81,24 @@ class VerifierService(pb_grpc.VerifierServicer):
         req = convert.request_from_pb(request.request)
         signed = convert.commitment_from_pb(request.commitment)
         address = check_address(request.executor_address)
-        why = self.core.check_commitment(req, signed)  # raises on a bad executor signature
-        ticket = self.core.compute_ticket(req, signed)
-        if why is not None:
-            return convert.vote_to_pb(
-                self.core.compute_vote(req, signed, ticket, Verdict.REJECT, why)
+        result = self.core.start(req, signed)  # raises on a bad executor signature
+        while isinstance(result, Session):  # at most twice: the base and the escalated challenge
+            open_request = pb.OpenRequest(
+                commitment_digest=signed.digest,
+                tiles=[convert.tile_to_pb(t) for t in result.challenge.required_tiles()],
             )
-        open_request = pb.OpenRequest(
-            commitment_digest=signed.digest,
-            tiles=[convert.tile_to_pb(t) for t in ticket.challenge.required_tiles()],
-        )
-        try:
-            stub = pb_grpc.ExecutorStub(self._channel(address))
-            raw = stub.Open(open_request, timeout=OPEN_TIMEOUT_S)
-            response = convert.opening_response_from_pb(raw)
-        except (grpc.RpcError, ProtocolError) as exc:
-            detail = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc)
-            log.info("openings unavailable from %s: %s", address, detail)
-            vote = self.core.compute_vote(
-                req, signed, ticket, Verdict.UNAVAILABLE, f"openings not served: {detail}"
-            )
-            return convert.vote_to_pb(vote)
-        return convert.vote_to_pb(self.core.on_openings(req, signed, ticket, response))
+            try:
+                stub = pb_grpc.ExecutorStub(self._channel(address))
+                raw = stub.Open(open_request, timeout=OPEN_TIMEOUT_S)
+                response = convert.opening_response_from_pb(raw)
+            except (grpc.RpcError, ProtocolError) as exc:
+                detail = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc)
+                log.info("openings unavailable from %s: %s", address, detail)
+                return convert.vote_to_pb(
+                    self.core.on_unavailable(result, f"openings not served: {detail}")
+                )
+            result = self.core.on_openings(result, response)
+        return convert.vote_to_pb(result)
 
     def _channel(self, address: str) -> grpc.Channel:
         with self._lock:

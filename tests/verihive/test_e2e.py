@@ -10,7 +10,7 @@ import pytest
 
 from bft.errors import ProtocolError
 from bft.receipt import check_receipt
-from executor.byzantine import MODES
+from executor.byzantine import WHOLE_RUN_MODES
 from proto import convert
 from verihive.cli import infer_main, verify_main
 from verihive.receipts import receipt_from_json
@@ -39,12 +39,18 @@ def test_honest_request_is_certified(capsys, tmp_path):
     assert capsys.readouterr().out.startswith("valid:")
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_byzantine_executor_is_caught_and_honest_serves(capsys, mode):
+@pytest.mark.parametrize("mode", WHOLE_RUN_MODES)
+def test_whole_run_cheat_is_caught_and_honest_serves(capsys, mode):
     out = _run_json(capsys, "--byzantine-executor", mode)
     first, second = out["attempts"]
     assert first["accepted"] is False
-    assert first["verdicts"] == ["REJECT"] * 4  # a whole-run cheat fails every check
+    if mode == "replay":  # the assembler itself sees a commitment for another request
+        assert first["verdicts"] == [] and "another request" in first["reason"]
+    elif mode == "withhold":  # a liveness fault: no verdict against the executor
+        assert first["verdicts"] == ["UNAVAILABLE"] * 4
+    else:  # a whole-run cheat fails every verifier's checks, each with evidence
+        assert first["verdicts"] == ["REJECT"] * 4
+        assert all("evidence" in v for v in first["votes"])
     assert second["accepted"] is True and out["accepted"] is True
     assert out["executor"] == second["executor"] != first["executor"]
 

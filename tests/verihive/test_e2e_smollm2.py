@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from executor.byzantine import MODES
 from verihive.cli import infer_main, verify_main
 
 pytestmark = pytest.mark.slow
@@ -26,11 +25,14 @@ def test_smollm2_answers_and_receipt_verifies(smollm2, capsys, tmp_path):
     assert out["accepted"] is True
     assert "Paris" in out["text"]
     assert out["model_id"] == smollm2.model_id.hex()
-    assert all(v["max_error"] <= 1e-4 for v in out["votes"])
+    assert all(v["max_error"] <= 1e-5 and v["max_margin"] <= 1e-3 for v in out["votes"])
+    assert all(len(v["positions"]) == 4 for v in out["votes"])
     assert verify_main(["receipt", str(path)]) == 0
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "mode", ["int8-weights", "bf16-compute", "other-model", "tamper-tokens", "equivocate"]
+)
 def test_smollm2_byzantine_executor_is_caught(smollm2, capsys, mode):
     out = _run(capsys, "--byzantine-executor", mode)
     first, second = out["attempts"]
