@@ -90,11 +90,17 @@ class LayerTamper(torch.nn.Module):
             return hidden_states
         out: torch.Tensor = self.inner(hidden_states, *args, **kwargs)
         if self.mode == "perturb":
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + out.shape[1])
-            noise = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-            rms = (out - hidden_states).pow(2).mean().sqrt()
-            out = out + PERTURB_SCALE * rms * noise
+            # Noise per absolute position, so that generation (KV cache, one position at a
+            # time) and the proving prefill tell the same lie: only the layer check sees it.
+            positions = kwargs["position_ids"][0].tolist()
+            noise = torch.stack([self._noise(p, out.shape[-1]) for p in positions])[None]
+            rms = (out - hidden_states).pow(2).mean(dim=-1, keepdim=True).sqrt()
+            out = out + PERTURB_SCALE * rms * noise.to(out.dtype)
         return out
+
+    def _noise(self, position: int, hidden: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + position)
+        return torch.randn(hidden, generator=gen)
 
 
 def build_tampered_model(

@@ -204,6 +204,7 @@ def _read_validators(path: Path) -> tuple[PublicKey, ...]:
 def _audit(path: Path, model: str) -> int:
     """Run ``bft-verify audit``; print one line; return the exit code. [EVID.4]"""
     from bft.evidence import MODEL_FREE_CHECKS, audit_evidence
+    from executor.thresholds import load_thresholds
 
     try:
         data = path.read_bytes()
@@ -227,7 +228,7 @@ def _audit(path: Path, model: str) -> int:
         if auditor is None:
             print("cannot audit: this evidence needs a model this machine does not hold")
             return 3
-    result = audit_evidence(evidence, auditor)
+    result = audit_evidence(evidence, auditor, load_thresholds())
     verdict = "proven" if result.proven else "not proven"
     print(f"{verdict}: {result.check.value}: {result.detail}")
     return 0 if result.proven else 1

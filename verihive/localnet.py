@@ -20,6 +20,7 @@ from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
+from executor.thresholds import load_thresholds
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
@@ -42,7 +43,7 @@ class LocalNetConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     byzantine_executor: str | None = None
     network_id: str = DEFAULT_NETWORK_ID
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=load_thresholds)
 
 
 @dataclass

@@ -1,0 +1,408 @@
+"""Calibrate the verifier's checks: honest noise against the weakest cheat, per check.
+
+Honest noise sources (each against the standard verifier: torch CPU, float32, 2 threads, sdpa,
+fresh prefill): the executor's proving prefill with 1 thread; inside a right-padded batch;
+states captured during KV-cache decoding instead of a proving prefill; eager attention; in a
+separate process; and a long prompt. Every layer, every position, every output token.
+
+Cheat signals: the same measurements on executors from ``executor.byzantine``.
+
+Writes ``bench/results/calibration.json``, ``docs/calibration.md`` and the thresholds file
+``executor/thresholds/torch-cpu-float32.json`` (``accept_max = F x honest max``,
+``reject_min = weakest cheat / F``; F = ``--safety``).
+
+Run: ``./dev python -m bench.calibrate [--requests 4] [--tokens 24] [--safety 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import describe_machine, write_results
+from bft.assembler import AssemblerPolicy, compute_request
+from bft.crypto import SigningKey
+from bft.messages import InferenceRequest, SamplingParams
+from bft.verifier import compute_rel_errors
+from executor.backend import TorchBackend
+from executor.byzantine import make_byzantine_executor
+from executor.model import LoadedModel, load_smollm2
+from executor.thresholds import get_thresholds_path
+
+NETWORK = "calibrate"
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about autumn leaves.",
+    "Explain photosynthesis to a child.",
+    "List three prime numbers and explain why they are prime.",
+    "Translate 'good morning' into Spanish and German.",
+    "Give me a recipe for pancakes.",
+]
+LONG_PROMPT = (
+    " ".join(
+        ["The history of the lighthouse keepers of the northern coast is long and full of storms."]
+        * 30
+    )
+    + " Summarise it."
+)
+
+States = np.ndarray
+
+
+def measure(
+    backend: TorchBackend, request: InferenceRequest, tokens: list[int], states: States
+) -> dict[str, np.ndarray]:
+    """Return every check's per-position measurements of committed ``states``."""
+    num_layers = states.shape[0] - 1
+    emb = compute_rel_errors(states[0], backend.embed(tokens), np.zeros_like(states[0]))
+    layers = np.stack(
+        [
+            compute_rel_errors(backend.run_layer(b, states[b - 1]), states[b], states[b - 1])
+            for b in range(1, num_layers + 1)
+        ]
+    )  # [L, T]
+    p0 = len(request.prompt_tokens)
+    margins = np.array(
+        [
+            backend.sampler_margin(states[num_layers][p - 1][None], request, p, tokens[p])
+            for p in range(p0, len(tokens))
+        ]
+    )
+    return {"embedding": emb, "layer": layers, "sampler": margins}
+
+
+# -- honest sources --------------------------------------------------------------------------
+
+
+def prove_threads_1(backend: TorchBackend, tokens: list[int]) -> States:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return backend.prove(tokens)
+    finally:
+        torch.set_num_threads(old)
+
+
+@torch.inference_mode()
+def prove_padded_batch(backend: TorchBackend, tokens: list[int]) -> States:
+    """Prove ``tokens`` as row 0 of a right-padded batch whose row 1 is longer."""
+    model = backend.model
+    other = [1] + [(t * 7 + 11) % backend.info.vocab_size for t in tokens] + tokens[:8]
+    t_max = len(other)
+    ids = torch.tensor([tokens + [2] * (t_max - len(tokens)), other])
+    h = model.model.embed_tokens(ids)
+    pos = torch.arange(t_max)[None].expand(2, -1)
+    mask = torch.full((t_max, t_max), float("-inf")).triu(1)[None, None].expand(2, 1, -1, -1)
+    rope = model.model.rotary_emb(h, pos)
+    out = [h[0, : len(tokens)]]
+    for layer in model.model.layers:
+        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
+        out.append(h[0, : len(tokens)])
+    return torch.stack(out).float().numpy()
+
+
+@torch.inference_mode()
+def prove_kv_decode(model: Any, tokens: list[int], prompt_len: int) -> States:
+    """Return states captured while decoding with a KV cache (prompt pass, then token by token)."""
+    from transformers import DynamicCache
+
+    captured: list[list[torch.Tensor]] = [[] for _ in range(model.config.num_hidden_layers + 1)]
+    hooks = [
+        model.model.embed_tokens.register_forward_hook(lambda _m, _i, o: captured[0].append(o[0]))
+    ]
+    for i, layer in enumerate(model.model.layers):
+        hooks.append(
+            layer.register_forward_hook(
+                lambda _m, _i, o, i=i: captured[i + 1].append(
+                    (o[0] if isinstance(o, tuple) else o)[0]
+                )
+            )
+        )
+    try:
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([tokens[:prompt_len]]), past_key_values=cache, use_cache=True)
+        for t in tokens[prompt_len:]:
+            model(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.stack([torch.cat(c) for c in captured]).float().numpy()
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def prove_subprocess(tokens: list[int]) -> States:
+    """Prove ``tokens`` in a fresh Python process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "states.npy"
+        code = (
+            "import sys, json, numpy as np\n"
+            "from executor.model import load_smollm2\n"
+            "from executor.backend import TorchBackend\n"
+            "b = TorchBackend(load_smollm2().model)\n"
+            f"np.save({str(out)!r}, b.prove(json.loads(sys.argv[1])))\n"
+        )
+        subprocess.run(
+            [sys.executable, "-c", code, json.dumps(tokens)],
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+        )
+        return np.load(out)
+
+
+def summarize(values: np.ndarray) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return {"max": float(v.max()), "p99.9": float(np.percentile(v, 99.9)), "n": int(v.size)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--requests", type=int, default=4, help="requests per source")
+    p.add_argument("--tokens", type=int, default=24, help="generated tokens per request")
+    p.add_argument("--safety", type=float, default=10.0, help="safety factor F on both sides")
+    args = p.parse_args()
+    start = time.time()
+    loaded: LoadedModel = load_smollm2()
+    backend = TorchBackend(loaded.model)
+    eager_model = copy.deepcopy(loaded.model)
+    eager_model.set_attn_implementation("eager")
+    eager = TorchBackend(eager_model)
+    decode_model = copy.deepcopy(loaded.model)
+    keys = tuple(SigningKey.generate().public_key for _ in range(4))
+    policy = AssemblerPolicy(NETWORK)
+
+    def make_request(i: int, prompt: str) -> InferenceRequest:
+        ids = tuple(
+            loaded.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
+        temperature = 0.0 if i % 2 == 0 else 0.8
+        sampling = SamplingParams(
+            temperature=temperature,
+            top_p=0.95 if i % 4 == 3 else 1.0,
+            max_new_tokens=args.tokens,
+            stop_at_eos=False,
+        )
+        return compute_request(policy, os.urandom(16), loaded.model_id, ids, sampling, keys)
+
+    requests = [make_request(i, PROMPTS[i % len(PROMPTS)]) for i in range(args.requests)]
+    sources: dict[str, Callable[[InferenceRequest, list[int]], States]] = {
+        "fresh prefill (baseline)": lambda r, t: backend.prove(t),
+        "1 thread vs 2": lambda r, t: prove_threads_1(backend, t),
+        "inside a padded batch": lambda r, t: prove_padded_batch(backend, t),
+        "KV-cache decoding": lambda r, t: prove_kv_decode(decode_model, t, len(r.prompt_tokens)),
+        "eager vs sdpa attention": lambda r, t: eager.prove(t),
+        "separate process": lambda r, t: prove_subprocess(t),
+    }
+    honest: dict[str, dict[str, dict[str, float]]] = {}
+    all_honest: dict[str, list[np.ndarray]] = {"embedding": [], "layer": [], "sampler": []}
+
+    def run_source(name: str, reqs: list[InferenceRequest], prove: Callable) -> None:
+        acc: dict[str, list[np.ndarray]] = {"embedding": [], "layer": [], "sampler": []}
+        for r in reqs:
+            output = backend.generate(list(r.prompt_tokens), r.sampling, r.sampling_seed())
+            tokens = list(r.prompt_tokens) + output
+            m = measure(backend, r, tokens, prove(r, tokens))
+            for k, v in m.items():
+                acc[k].append(np.ravel(v))
+                all_honest[k].append(np.ravel(v))
+        honest[name] = {k: summarize(np.concatenate(v)) for k, v in acc.items()}
+        print(
+            f"honest  {name:28s} "
+            + "  ".join(f"{k} max {s['max']:.2e}" for k, s in honest[name].items()),
+            flush=True,
+        )
+
+    for name, prove in sources.items():
+        run_source(name, requests[:2] if name == "separate process" else requests, prove)
+    long_req = make_request(0, LONG_PROMPT)
+    run_source(
+        f"long prompt ({len(long_req.prompt_tokens)} tokens)",
+        [long_req],
+        sources["fresh prefill (baseline)"],
+    )
+
+    # -- cheats ---------------------------------------------------------------------------------
+    cheats: dict[str, dict[str, float]] = {}
+    signal: dict[str, list[float]] = {"embedding": [], "layer": [], "sampler": []}
+    key = SigningKey.generate()
+    # (mode, checks it must be caught by): its weakest signal on each such check counts.
+    plan = [
+        ("int8-weights", ("layer",)),
+        ("int4-weights", ("layer",)),
+        ("bf16-compute", ("layer", "embedding")),
+        ("fp16-compute", ("layer", "embedding")),
+        ("perturb-layer", ("layer",)),
+        ("skip-layer", ("layer",)),
+        ("other-model", ("layer", "embedding")),
+        ("tamper-tokens", ("embedding",)),
+        ("alter-prompt", ("embedding",)),
+        ("wrong-sampler", ("sampler",)),
+        ("smart-tamper-tokens", ("sampler",)),
+    ]
+    for mode, checks in plan:
+        ex = make_byzantine_executor(mode, key, loaded.model, loaded.model_id, NETWORK, 16)
+        values: dict[str, list[float]] = {c: [] for c in checks}
+        for r in requests[: max(2, args.requests // 2)]:
+            if mode == "wrong-sampler" and r.sampling.temperature == 0:
+                continue
+            signed = ex.on_execute(r)
+            c = signed.commitment
+            run = ex.get_run(signed.digest)
+            states = np.stack(
+                [
+                    np.concatenate(
+                        [
+                            _decode(run.tree.get_leaf(b * c.num_chunks + k), c)
+                            for k in range(c.num_chunks)
+                        ]
+                    )
+                    for b in range(c.num_layers + 1)
+                ]
+            )
+            m = measure(backend, r, list(c.tokens), states)
+            if "layer" in checks:
+                per_layer = m["layer"].max(axis=1)
+                lied = getattr(ex, "lied_layers", None)
+                rows = per_layer[[b - 1 for b in lied[-1]]] if lied and lied[-1] else per_layer
+                values["layer"].append(float(rows.min()))
+            if "embedding" in checks:
+                values["embedding"].append(float(m["embedding"].max()))
+            if "sampler" in checks:
+                values["sampler"].extend(float(x) for x in m["sampler"][m["sampler"] > 0])
+        for check in checks:
+            vals = values[check]
+            weakest = float(np.percentile(vals, 5)) if check == "sampler" else float(min(vals))
+            cheats[f"{mode} / {check}"] = {"check": check, "weakest": weakest, "n": len(vals)}
+            signal[check].append(weakest)
+            print(f"cheat   {mode:28s} {check} weakest {weakest:.2e}", flush=True)
+        del ex
+
+    f = args.safety
+    floors = {"layer": 1e-7, "embedding": 1e-8, "sampler": 1e-5}
+    thresholds = {}
+    for check in ("layer", "embedding", "sampler"):
+        h = float(np.concatenate(all_honest[check]).max())
+        c = min(signal[check])
+        accept_max = max(f * h, floors[check])
+        reject_min = c / f
+        if not accept_max < reject_min:
+            raise SystemExit(
+                f"{check}: honest x F = {accept_max:.2e} >= cheat / F = {reject_min:.2e}"
+            )
+        thresholds[check] = {
+            "accept_max": accept_max,
+            "reject_min": reject_min,
+            "honest_max": h,
+            "weakest_cheat": c,
+        }
+    meta = {
+        "backend": "torch-cpu",
+        "dtype": "float32",
+        "safety_factor": f,
+        "model": loaded.name,
+        "machine": describe_machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    path = get_thresholds_path("torch-cpu", "float32")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**meta, **thresholds}, indent=2, sort_keys=True) + "\n")
+    write_results(
+        "calibration",
+        {**meta, "honest": honest, "cheats": cheats, "thresholds": thresholds, "args": vars(args)},
+    )
+    write_markdown(meta, honest, cheats, thresholds, args)
+    print(f"wrote {path} in {time.time() - start:.0f}s")
+
+
+def _decode(leaf: bytes, c: Any) -> np.ndarray:
+    from merkle.tiles import HEADER_SIZE
+
+    return np.frombuffer(leaf[HEADER_SIZE:], dtype="<f4").reshape(-1, c.hidden_size)
+
+
+def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, args: Any) -> None:
+    lines = [
+        "# Calibration of the verifier's checks",
+        "",
+        "Produced by `./dev python -m bench.calibrate` "
+        f"(--requests {args.requests} --tokens {args.tokens} --safety {args.safety:g}) on "
+        f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch "
+        f"{meta['machine']['torch']}, {meta['date']}; model {meta['model']}, float32, torch CPU.",
+        "Raw numbers: `bench/results/calibration.json`. Thresholds file: "
+        "`executor/thresholds/torch-cpu-float32.json` (loaded by every verifier).",
+        "",
+        "Units: *layer* is the per-position `|y' - y| / |y - x|` of a re-executed layer; "
+        "*embedding* the per-position `|e' - e| / |e'|` at boundary 0; *sampler* the margin of "
+        "[SAMPLE.5] in logit units. The verifier is always torch CPU float32, 2 threads, sdpa, "
+        "fresh prefill; the executor varies.",
+        "",
+        "## Honest noise (every layer, position and output token)",
+        "",
+        "| source | layer max | layer p99.9 | embedding max | embedding p99.9 | sampler max "
+        "| sampler p99.9 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in honest.items():
+        lines.append(
+            f"| {name} | {s['layer']['max']:.2e} | {s['layer']['p99.9']:.2e} | "
+            f"{s['embedding']['max']:.2e} | {s['embedding']['p99.9']:.2e} | "
+            f"{s['sampler']['max']:.2e} | {s['sampler']['p99.9']:.2e} |"
+        )
+    lines += [
+        "",
+        "## Weakest signal of each cheat",
+        "",
+        "Layer cheats: the smallest per-layer maximum over the tampered layers; embedding "
+        "cheats: the largest boundary-0 error; sampler cheats: the 5th percentile of the "
+        "non-zero margins.",
+        "",
+        "| cheat | check | weakest signal | samples |",
+        "|---|---|---:|---:|",
+    ]
+    for mode, c in cheats.items():
+        lines.append(f"| {mode} | {c['check']} | {c['weakest']:.2e} | {c['n']} |")
+    f = meta["safety_factor"]
+    lines += [
+        "",
+        f"## Thresholds (safety factor F = {f:g} on both sides)",
+        "",
+        "`accept_max = F x honest max` (floored), `reject_min = weakest cheat / F`. "
+        "Between them lies the grey band: the verifier escalates to the doubled "
+        "challenge, never rejects on grey alone.",
+        "",
+        "| check | honest max | accept_max | reject_min | weakest cheat "
+        "| margin (cheat / honest) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for check, t in thresholds.items():
+        ratio = t["weakest_cheat"] / t["honest_max"] if t["honest_max"] > 0 else float("inf")
+        lines.append(
+            f"| {check} | {t['honest_max']:.2e} | {t['accept_max']:.2e} | "
+            f"{t['reject_min']:.2e} | {t['weakest_cheat']:.2e} | {ratio:.3g} |"
+        )
+    out = Path(__file__).resolve().parent.parent / "docs" / "calibration.md"
+    out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
