@@ -96,8 +96,9 @@ class Thresholds:
     input, ``y`` the committed output, ``y'`` the recomputed output).
     ``embedding``: per-position ``|e' - e| / |e'|`` at boundary 0 (dimensionless).
     ``sampler``: sampler margin (logit units, [SAMPLE.5]).
-    Defaults are the float32 torch-CPU calibration (docs/calibration.md); a thresholds file
-    from ``bench/calibrate.py`` overrides them.
+    These built-in defaults are conservative round numbers for float32 on the CPU; nodes load
+    the calibrated bands of their backend and dtype instead (``executor.thresholds``, written
+    by ``bench/calibrate.py``, see docs/calibration.md).
     """
 
     layer: Band = Band(1e-5, 1e-4)

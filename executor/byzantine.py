@@ -243,7 +243,7 @@ class EquivocateExecutor(ExecutorCore):
         first = super().on_execute(request)
         self._equivocating = True
         try:
-            second = super().on_execute(request)
+            second = self.execute_fresh(request)
         finally:
             self._equivocating = False
         self._second = {first.digest: second.digest}

@@ -29,6 +29,8 @@ from merkle.tree import ActivationTree
 
 DEFAULT_CHUNK_SIZE = 16
 DEFAULT_MAX_STORED = 64
+MAX_REMEMBERED_REQUESTS = 1 << 14
+"""Commitments remembered per request digest (a few hundred bytes each), beyond the tiles."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,16 @@ class ExecutorCore:
         self.chunk_size = chunk_size
         self.max_stored = max_stored
         self._runs: OrderedDict[Digest, CommittedRun] = OrderedDict()
+        self._by_request: OrderedDict[Digest, SignedCommitment] = OrderedDict()
         self._lock = threading.Lock()
 
     def on_execute(self, request: InferenceRequest) -> SignedCommitment:
-        """Generate for ``request``, commit to every layer boundary, sign, and keep the tiles."""
+        """Return the signed commitment for ``request``, executing it once. [COMMIT.5]
+
+        A request seen before gets the commitment already signed for it: executing it again
+        on a backend that is not bit-reproducible would sign a second root for one request,
+        which is equivocation.
+        """
         request.validate()
         if request.network_id != self.network_id:
             raise Malformed("request is for another network")
@@ -84,6 +92,20 @@ class ExecutorCore:
             raise Reject("request names a model this executor does not serve")
         if max(request.prompt_tokens) >= self.backend.info.vocab_size:
             raise Malformed("prompt token id outside the model's vocabulary")
+        digest = request.digest()
+        with self._lock:
+            known = self._by_request.get(digest)
+        if known is not None:
+            return known
+        signed = self.execute_fresh(request)
+        with self._lock:
+            self._by_request[digest] = signed
+            while len(self._by_request) > MAX_REMEMBERED_REQUESTS:
+                self._by_request.popitem(last=False)
+        return signed
+
+    def execute_fresh(self, request: InferenceRequest) -> SignedCommitment:
+        """Generate for ``request``, commit to every layer boundary, sign, and keep the tiles."""
         prompt = list(request.prompt_tokens)
         output = self.backend.generate(prompt, request.sampling, request.sampling_seed())
         states = self.compute_states(prompt + output)
