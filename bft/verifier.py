@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from bft.challenge import Challenge, compute_commitment_challenge
 from bft.crypto import SigningKey, is_valid_signature
-from bft.errors import Malformed, ProtocolError, Reject
+from bft.errors import Ignore, Malformed, ProtocolError, Reject
 from bft.messages import (
     MAX_TOKENS,
     Evidence,
@@ -272,6 +272,11 @@ class VerifierCore:
             raise Malformed("request is for another network")
         if request.model_id != self.model_id:
             raise Reject("request names a model this verifier does not hold")
+        c = signed.commitment
+        if c.network_id != request.network_id or c.request_digest != request.digest():
+            # Anyone can forward an old signed commitment: this proves nothing about the
+            # executor, so there is no vote at all (the assembler checks this too). [VERIFY.1]
+            raise Ignore("commitment is not bound to this request")
         why = compute_commitment_problem(
             request, signed, self.num_layers, self.hidden_size, self.model.vocab_size
         )
@@ -469,15 +474,11 @@ def compute_commitment_problem(
 ) -> str | None:
     """Return why the signed commitment contradicts ``request`` or the model, or ``None``."""
     c = signed.commitment
+    # The caller has checked that the commitment is bound to ``request`` (its digest); the
+    # output length is the length rule's (compute_length_violation).
     problems = [
-        (c.network_id != request.network_id, "commitment is for another network"),
-        (c.request_digest != request.digest(), "commitment is for another request"),
         (c.model_id != request.model_id, "commitment names another model"),
         (c.tokens[: c.prompt_len] != request.prompt_tokens, "committed prompt differs"),
-        (
-            len(c.output_tokens) > request.sampling.max_new_tokens,
-            "more output tokens than max_new_tokens",
-        ),
         (len(c.tokens) > MAX_TOKENS, "too many tokens"),
         (max(c.tokens) >= vocab_size, "token id outside the model's vocabulary"),
         (c.num_layers != num_layers, "commitment has the wrong number of layers"),

@@ -32,20 +32,33 @@ def compute_gumbel_noise(seed: bytes, position: int, vocab: int) -> npt.NDArray[
     return -np.log(-np.log(u))
 
 
+EDGE_SLACK_LOGIT = 1e-3
+"""Logit units by which a token may miss the top-k edge and still count as allowed. [SAMPLE.5]"""
+EDGE_SLACK_PROB = 1e-3
+"""Probability mass by which a token may miss the top-p edge and still count as allowed."""
+
+
 def compute_allowed(
-    scaled: npt.NDArray[np.float64], params: SamplingParams
+    scaled: npt.NDArray[np.float64],
+    params: SamplingParams,
+    slack_scaled: float = 0.0,
+    slack_prob: float = 0.0,
 ) -> npt.NDArray[np.bool_]:
-    """Return the mask of tokens that survive top-k then top-p on ``scaled`` logits."""
+    """Return the mask of tokens that survive top-k then top-p on ``scaled`` logits.
+
+    ``slack_scaled`` (in units of ``scaled``) and ``slack_prob`` widen the two edges; the
+    sampler itself uses none.
+    """
     allowed = np.ones(scaled.shape[0], dtype=bool)
     if 0 < params.top_k < scaled.shape[0]:
         kth = np.partition(scaled, -params.top_k)[-params.top_k]
-        allowed &= scaled >= kth
+        allowed &= scaled >= kth - slack_scaled
     if params.top_p < 1.0:
         order = np.argsort(-np.where(allowed, scaled, -np.inf), kind="stable")
         probs = np.exp(scaled[order] - scaled[order[0]])
         probs = np.where(allowed[order], probs, 0.0)
         probs /= probs.sum()
-        keep = np.cumsum(probs) - probs < params.top_p  # smallest prefix reaching top_p
+        keep = np.cumsum(probs) - probs < params.top_p + slack_prob  # prefix reaching top_p
         nucleus = np.zeros_like(allowed)
         nucleus[order[keep]] = True
         allowed &= nucleus
@@ -76,10 +89,13 @@ def compute_sampler_margin(
     """Return how far ``token`` is from being the sampler's choice, in logit units. [SAMPLE.5]
 
     0 when ``token`` is exactly what :func:`sample_token` picks. Greedy: ``max(x) - x[token]``.
-    Otherwise ``T * (best score - score of token)`` over the surviving tokens, plus, when
-    ``token`` was filtered out by top-k/top-p, ``T`` times the gap between its scaled logit and
-    the lowest surviving one. Honest logit noise gives margins near 0; a token chosen by another
-    rule gives margins of the order of the logit spread.
+    Otherwise ``T * max(0, best score - score of token)``, the best taken over the tokens that
+    survive the filters, when ``token`` survives them with the edges widened by
+    :data:`EDGE_SLACK_LOGIT` and :data:`EDGE_SLACK_PROB` (so that honest logit noise at a
+    top-k/top-p edge costs nothing); for a token outside even the widened filters, plus ``T``
+    times the gap between its scaled logit and the lowest surviving one. Honest logit noise
+    gives margins near 0; a token chosen by another rule gives margins of the order of the
+    logit spread.
     """
     x = np.asarray(logits, dtype=np.float64)
     if not 0 <= token < x.shape[0]:
@@ -92,7 +108,10 @@ def compute_sampler_margin(
     allowed = compute_allowed(scaled, params)
     scores = scaled + compute_gumbel_noise(seed, position, x.shape[0])
     best = float(np.max(np.where(allowed, scores, -np.inf)))
-    if allowed[token]:
+    if (
+        allowed[token]
+        or compute_allowed(scaled, params, EDGE_SLACK_LOGIT / t, EDGE_SLACK_PROB)[token]
+    ):
         return float(t * max(0.0, best - scores[token]))
     gap = float(np.min(scaled[allowed]) - scaled[token])
     return float(t * (max(0.0, gap) + max(0.0, best - scores[token])))

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from executor.model import LoadedModel, load_smollm2, load_tiny
+
+# One intra-op thread: on a 2-core CI box, torch's threads plus the gRPC servers' threads
+# oversubscribe the cores (a tiny matmul was measured 1000x slower under contention), and the
+# calibration shows 1 and 2 threads compute bit-identical results (docs/calibration.md).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -22,20 +22,22 @@ from bft.assembler import (
     compute_tally,
     process_vote,
 )
+from bft.challenge import compute_commitment_challenge
 from bft.crypto import SigningKey
 from bft.encoding import sha256
+from bft.errors import ProtocolError
 from bft.messages import (
     Commitment,
     InferenceRequest,
     OpeningResponse,
     SamplingParams,
     SignedCommitment,
-    Verdict,
     Vote,
+    compute_challenge_message,
 )
 from bft.receipt import Receipt
 from bft.types import PublicKey, Signature
-from bft.verifier import ChallengeTicket, VerifierCore
+from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, load_tiny
@@ -61,12 +63,65 @@ def get_tiny() -> tuple[LoadedModel, TorchBackend]:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """One verifier's pass over one commitment: its last session, the openings, its vote.
+
+    ``session`` is the session whose challenge the vote reports (the escalated one after a grey
+    band); ``responses`` holds every opening response served, in order (one per session).
+    """
+
+    session: Session
+    responses: tuple[OpeningResponse, ...]
+    vote: Vote
+
+
+def make_session(
+    verifier: VerifierCore,
+    request: InferenceRequest,
+    signed: SignedCommitment,
+    escalated: bool = False,
+) -> Session:
+    """Return ``verifier``'s session for ``signed`` without the [VERIFY.1] commitment check."""
+    sig = verifier.key.sign(compute_challenge_message(verifier.network_id, signed.digest))
+    challenge = compute_commitment_challenge(sig, signed.commitment, request, escalated)
+    return Session(request, signed, sig, challenge, escalated)
+
+
+def verify(
+    verifier: VerifierCore,
+    executor: ExecutorCore,
+    request: InferenceRequest,
+    signed: SignedCommitment,
+    check_commitments: bool = True,
+) -> Verification:
+    """Drive ``verifier`` over ``signed`` as the gRPC service does, with ``executor`` serving.
+
+    [VERIFY.1] first (a problem is a REJECT without openings), then openings until a vote; an
+    executor that refuses openings gets UNAVAILABLE. ``check_commitments=False`` skips
+    [VERIFY.1], to build votes that only a faulty verifier would sign.
+    """
+    session = make_session(verifier, request, signed)
+    state: Session | Vote = verifier.start(request, signed) if check_commitments else session
+    responses = []
+    while isinstance(state, Session):
+        session = state
+        try:
+            response = executor.on_open(signed.digest, session.challenge.required_tiles())
+        except ProtocolError as exc:
+            state = verifier.on_unavailable(session, str(exc))
+            break
+        responses.append(response)
+        state = verifier.on_openings(session, response)
+    return Verification(session, tuple(responses), state)
+
+
+@dataclass(frozen=True)
 class Run:
-    """One executed request with every committee member's ticket, openings and vote."""
+    """One executed request with every committee member's session, openings and vote."""
 
     request: InferenceRequest
     signed: SignedCommitment
-    tickets: dict[PublicKey, ChallengeTicket]
+    sessions: dict[PublicKey, Session]
     responses: dict[PublicKey, OpeningResponse]
     votes: tuple[Vote, ...]
     tally: Tally
@@ -98,10 +153,17 @@ class Network:
         request_id: bytes = REQUEST_ID,
         prompt: tuple[int, ...] = PROMPT,
         sampling: SamplingParams = SAMPLING,
+        **policy: Any,
     ) -> InferenceRequest:
-        """Return the assembler's request for ``prompt``."""
+        """Return the assembler's request for ``prompt``; ``policy`` overrides the policy's
+        fields (e.g. ``layers_per_verifier``, ``positions_per_verifier``)."""
         return compute_request(
-            self.policy, request_id, self.lm.model_id, prompt, sampling, self.validators
+            dataclasses.replace(self.policy, **policy),
+            request_id,
+            self.lm.model_id,
+            prompt,
+            sampling,
+            self.validators,
         )
 
     def run(
@@ -109,32 +171,31 @@ class Network:
         request: InferenceRequest,
         executor: ExecutorCore | None = None,
         check_commitments: bool = True,
+        check_at_assembler: bool = True,
     ) -> Run:
         """Execute ``request`` on ``executor`` (default: the honest one) and collect all votes.
 
-        Each verifier acts as the gRPC service does: [VERIFY.1] first (a problem is a REJECT
-        without openings), then openings. ``check_commitments=False`` skips [VERIFY.1], to build
-        votes that only a faulty verifier would sign.
+        Each verifier acts as the gRPC service does (see :func:`verify`).
+        ``check_commitments=False`` skips [VERIFY.1], to build votes that only a faulty verifier
+        would sign; ``check_at_assembler=False`` skips the assembler's [ASM.2], so that verifiers
+        see commitments an assembler would refuse. ``sessions`` holds each member's last
+        session and ``responses`` the last openings it was served (none after a [VERIFY.1]
+        REJECT).
         """
         ex = executor or self.executor
         signed = ex.on_execute(request)
-        check_commitment(request, signed, ex.key.node_id)
+        if check_at_assembler:
+            check_commitment(request, signed, ex.key.node_id)
         tally = compute_tally(request, signed, self.validators)
-        tickets, responses, votes = {}, {}, []
+        sessions, responses, votes = {}, {}, []
         for pk in tally.committee:
-            verifier = self.verifiers[pk]
-            ticket = verifier.compute_ticket(request, signed)
-            tickets[pk] = ticket
-            why = verifier.check_commitment(request, signed) if check_commitments else None
-            if why is not None:
-                vote = verifier.compute_vote(request, signed, ticket, Verdict.REJECT, why)
-            else:
-                response = ex.on_open(signed.digest, ticket.challenge.required_tiles())
-                vote = verifier.on_openings(request, signed, ticket, response)
-                responses[pk] = response
-            votes.append(vote)
-            tally = process_vote(tally, vote)
-        return Run(request, signed, tickets, responses, tuple(votes), tally)
+            v = verify(self.verifiers[pk], ex, request, signed, check_commitments)
+            sessions[pk] = v.session
+            if v.responses:
+                responses[pk] = v.responses[-1]
+            votes.append(v.vote)
+            tally = process_vote(tally, v.vote)
+        return Run(request, signed, sessions, responses, tuple(votes), tally)
 
 
 @functools.cache
@@ -184,3 +245,9 @@ def resign_commitment(
     """Return ``signed`` with ``changes`` applied to its commitment, re-signed by ``key``."""
     c: Commitment = dataclasses.replace(signed.commitment, **changes)
     return SignedCommitment(c, key.sign(c.signing_root()))
+
+
+def resign_response(response: OpeningResponse, key: SigningKey, **changes: Any) -> OpeningResponse:
+    """Return ``response`` with ``changes`` applied and a fresh, valid signature by ``key``."""
+    unsigned = dataclasses.replace(response, **changes, signature=Signature(b""))
+    return dataclasses.replace(unsigned, signature=key.sign(unsigned.signing_root()))

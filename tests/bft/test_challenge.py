@@ -11,6 +11,7 @@ from bft.challenge import (
     Challenge,
     LayerChallenge,
     compute_challenge,
+    compute_commitment_challenge,
     compute_sample,
     compute_seed,
 )
@@ -18,6 +19,7 @@ from bft.crypto import SigningKey
 from bft.messages import TileRef, compute_challenge_message
 from bft.types import Digest, Signature
 from tests.stats import chi2_critical, chi2_statistic
+from tests.support import get_honest_run
 
 seeds = st.binary(min_size=32, max_size=32)
 signatures = st.binary(min_size=64, max_size=64).map(Signature)
@@ -112,6 +114,82 @@ def test_challenge_samples_distinct_layers_with_every_chunk(
     assert compute_challenge(sig, num_layers, num_chunks, per_verifier) == ch
 
 
+@given(
+    signatures,
+    st.integers(1, 40),
+    st.integers(1, 20),
+    st.integers(0, 30),
+    st.integers(0, 12),
+    st.integers(1, 16),
+)
+def test_challenge_samples_distinct_output_positions(
+    sig, prompt_len, outputs, per_verifier, layers_k, chunk_size
+):
+    # [CHAL.5]: m distinct output positions p in prompt_len..num_tokens-1, ascending.
+    num_tokens = prompt_len + outputs
+    ch = compute_challenge(
+        sig,
+        4,
+        -(-num_tokens // chunk_size),
+        max(1, layers_k),
+        prompt_len=prompt_len,
+        num_tokens=num_tokens,
+        chunk_size=chunk_size,
+        positions_per_verifier=per_verifier,
+    )
+    assert len(ch.positions) == min(per_verifier, outputs)
+    assert list(ch.positions) == sorted(set(ch.positions))
+    assert all(prompt_len <= p < num_tokens for p in ch.positions)
+    offsets = compute_sample(ch.seed, "positions", outputs, per_verifier)
+    assert ch.positions == tuple(prompt_len + o for o in offsets)
+    assert (ch.num_layers, ch.chunk_size) == (4, chunk_size)
+
+
+def test_challenge_without_outputs_or_m_has_no_positions():
+    sig = Signature(b"\x01" * 64)
+    assert compute_challenge(sig, 4, 2, 2).positions == ()
+    no_output = compute_challenge(
+        sig, 4, 2, 2, prompt_len=9, num_tokens=9, chunk_size=8, positions_per_verifier=4
+    )
+    assert no_output.positions == ()
+    no_m = compute_challenge(sig, 4, 2, 2, prompt_len=9, num_tokens=12, chunk_size=8)
+    assert no_m.positions == ()
+
+
+@given(signatures, st.integers(1, 40), st.integers(1, 10), st.integers(0, 30), st.integers(0, 8))
+def test_escalated_challenge_doubles_and_contains_the_base_one(sig, num_layers, k, outputs, m):
+    # [VERIFY.7]: the draws are sequential, so the doubled sample extends the base sample.
+    kw = {"prompt_len": 5, "num_tokens": 5 + outputs, "chunk_size": 4, "positions_per_verifier": m}
+    base = compute_challenge(sig, num_layers, 3, max(k, 1), **kw)
+    more = compute_challenge(sig, num_layers, 3, max(k, 1), escalated=True, **kw)
+    assert more.seed == base.seed
+    assert {lc.layer for lc in base.layers} <= {lc.layer for lc in more.layers}
+    assert len(more.layers) == min(2 * max(k, 1), num_layers)
+    assert set(base.positions) <= set(more.positions)
+    assert len(more.positions) == min(2 * m, outputs)
+    assert set(base.required_tiles()) <= set(more.required_tiles())
+
+
+def test_commitment_challenge_reads_shape_from_the_commitment_and_policy_from_the_request():
+    run = get_honest_run()
+    c, req = run.signed.commitment, run.request
+    sig = Signature(b"\x02" * 64)
+    for escalated in (False, True):
+        want = compute_challenge(
+            sig,
+            c.num_layers,
+            c.num_chunks,
+            req.layers_per_verifier,
+            prompt_len=c.prompt_len,
+            num_tokens=len(c.tokens),
+            chunk_size=c.chunk_size,
+            positions_per_verifier=req.positions_per_verifier,
+            escalated=escalated,
+        )
+        assert compute_commitment_challenge(sig, c, req, escalated) == want
+    assert len(want.positions) == min(2 * req.positions_per_verifier, len(c.output_tokens))
+
+
 def test_challenge_depends_on_the_signature():
     picks = {
         tuple(lc.layer for lc in compute_challenge(Signature(bytes([i]) * 64), 30, 4, 2).layers)
@@ -126,6 +204,8 @@ def reference_tiles(challenge: Challenge) -> set[tuple[int, int]]:
     for lc in challenge.layers:
         tiles |= {(lc.layer - 1, c) for c in range(max(lc.chunks) + 1)}
         tiles |= {(lc.layer, c) for c in lc.chunks}
+    # A sampled position p is checked from the last boundary at the position before it.
+    tiles |= {(challenge.num_layers, (p - 1) // challenge.chunk_size) for p in challenge.positions}
     return tiles
 
 
@@ -144,7 +224,17 @@ def challenges(draw):
             max_size=4,
         )
     )
-    return Challenge(seed=b"\x00" * 32, layers=tuple(layers), num_chunks=num_chunks)
+    chunk_size = draw(st.integers(1, 5))
+    last = num_chunks * chunk_size - 1
+    positions = draw(st.sets(st.integers(1, last), max_size=4)) if last >= 1 else set()
+    return Challenge(
+        seed=b"\x00" * 32,
+        layers=tuple(layers),
+        num_chunks=num_chunks,
+        positions=tuple(sorted(positions)),
+        num_layers=12,
+        chunk_size=chunk_size,
+    )
 
 
 @given(challenges())
@@ -168,6 +258,22 @@ def test_required_tiles_boundary_zero_prefix_and_output_chunks():
     )
 
 
+def test_required_tiles_add_the_last_boundary_before_each_sampled_position():
+    # p = 9 needs position 8 (chunk 1); p = 16 needs position 15, still chunk 1; p = 17: chunk 2.
+    base = Challenge(seed=b"", layers=(LayerChallenge(3, (1,)),), num_chunks=4)
+    for positions, extra in [((9,), {1}), ((9, 16), {1}), ((8, 17), {0, 2})]:
+        ch = Challenge(
+            seed=b"",
+            layers=base.layers,
+            num_chunks=4,
+            positions=positions,
+            num_layers=4,
+            chunk_size=8,
+        )
+        added = set(ch.required_tiles()) - set(base.required_tiles())
+        assert added == {TileRef(4, c) for c in extra}
+
+
 def test_required_tiles_of_layer_one_reuse_boundary_zero():
     ch = Challenge(seed=b"", layers=(LayerChallenge(1, (0, 2)),), num_chunks=3)
     assert ch.required_tiles() == (
@@ -187,6 +293,20 @@ def test_required_tiles_of_a_computed_challenge_cover_whole_boundaries(sig, laye
         assert {TileRef(b, c) for c in range(chunks)} <= tiles
     boundaries = {t.boundary for t in tiles}
     assert boundaries == {0} | {lc.layer for lc in ch.layers} | {lc.layer - 1 for lc in ch.layers}
+
+
+@given(signatures, st.integers(1, 6), st.integers(1, 20), st.integers(1, 8))
+def test_required_tiles_of_sampled_positions_are_last_boundary_tiles(sig, k, outputs, m):
+    prompt_len, chunk_size = 7, 4
+    num_tokens = prompt_len + outputs
+    num_chunks = -(-num_tokens // chunk_size)
+    kw = {"prompt_len": prompt_len, "num_tokens": num_tokens, "chunk_size": chunk_size}
+    without = compute_challenge(sig, 6, num_chunks, k, **kw)
+    ch = compute_challenge(sig, 6, num_chunks, k, positions_per_verifier=m, **kw)
+    added = set(ch.required_tiles()) - set(without.required_tiles())
+    want = {TileRef(6, (p - 1) // chunk_size) for p in ch.positions}
+    assert added <= want <= set(ch.required_tiles())
+    assert all(0 <= t.chunk < num_chunks for t in ch.required_tiles())
 
 
 # --- the spec's worked examples

@@ -25,9 +25,12 @@ from bft.messages import (
     MAX_VOCAB,
     TAG_SAMPLING_SEED,
     Commitment,
+    Evidence,
+    EvidenceCheck,
     InferenceRequest,
     LayerCheck,
     OpeningResponse,
+    SamplerCheck,
     SamplingParams,
     SignedCommitment,
     TileOpening,
@@ -84,8 +87,27 @@ _UNSIGNED_VOTE = Vote(
     ),
     embedding_max_error=0.0,
     reason="",
+    sampler_checks=(SamplerCheck(position=3, margin=0.0), SamplerCheck(position=4, margin=1e-4)),
 )
 VOTE = dataclasses.replace(_UNSIGNED_VOTE, signature=VERIFIER.sign(_UNSIGNED_VOTE.signing_root()))
+_PROOF = MerkleProof(leaf_index=0, tree_size=1, steps=(ProofStep(0, Digest(b"\x00" * 32)),))
+RESPONSE = OpeningResponse(
+    network_id=NET,
+    commitment_digest=SIGNED.digest,
+    openings=(
+        TileOpening(TileRef(0, 0), b"leaf-a", _PROOF),
+        TileOpening(TileRef(1, 2), b"leaf-b", _PROOF),
+    ),
+    signature=Signature(b""),
+)
+SIGNED_RESPONSE = dataclasses.replace(
+    RESPONSE, signature=EXEC.sign(RESPONSE.signing_root()), commitment=SIGNED
+)
+_OTHER = dataclasses.replace(COMMIT, tokens=(1, 2, 3, 7, 9))
+SIGNED_OTHER = SignedCommitment(_OTHER, EXEC.sign(_OTHER.signing_root()))
+EVIDENCE = Evidence(
+    EvidenceCheck.LAYER, REQ, SIGNED, SIGNED_RESPONSE, layer=3, position=4, measured=0.5
+)
 
 
 def test_baselines_are_valid():
@@ -157,6 +179,8 @@ def test_sampling_params_bounds_are_inclusive(changes):
         {"f": MAX_F + 1},
         {"layers_per_verifier": 0},
         {"layers_per_verifier": MAX_LAYERS + 1},
+        {"positions_per_verifier": -1},
+        {"positions_per_verifier": MAX_TOKENS + 1},
         {"epoch": -1},
         {"epoch": 1 << 63},
     ],
@@ -176,6 +200,8 @@ def test_invalid_request(changes):
         {"f": 0},
         {"f": MAX_F},
         {"layers_per_verifier": MAX_LAYERS},
+        {"positions_per_verifier": 0},
+        {"positions_per_verifier": MAX_TOKENS},
         {"epoch": (1 << 63) - 1},
     ],
     ids=lambda c: repr(c)[:60],
@@ -247,6 +273,10 @@ def test_commitment_bounds_are_inclusive(changes):
         {"layer_checks": (LayerCheck(1, (0,), -0.5, 0),)},
         {"layer_checks": (LayerCheck(1, (0,), math.nan, 0),)},
         {"layer_checks": (LayerCheck(1, (0,), math.inf, 0),)},
+        {"sampler_checks": (SamplerCheck(3, -1e-9),)},
+        {"sampler_checks": (SamplerCheck(3, math.nan),)},
+        {"sampler_checks": (SamplerCheck(3, math.inf),)},
+        {"sampler_checks": (SamplerCheck(3, 0.0),) * (MAX_TOKENS + 1)},
     ],
     ids=lambda c: repr(c)[:60],
 )
@@ -257,6 +287,23 @@ def test_invalid_vote(changes):
 
 def test_vote_reason_bound_is_inclusive():
     dataclasses.replace(VOTE, reason="r" * (4 * MAX_STRING)).validate()
+
+
+def test_vote_sampler_check_bound_is_inclusive():
+    dataclasses.replace(VOTE, sampler_checks=(SamplerCheck(3, 0.0),) * MAX_TOKENS).validate()
+
+
+@pytest.mark.parametrize("verdict", [Verdict.ACCEPT, Verdict.UNAVAILABLE])
+def test_invalid_non_reject_vote_with_evidence(verdict):
+    # [EVID.1]: evidence belongs to REJECT votes only.
+    with pytest.raises(Malformed, match="evidence"):
+        dataclasses.replace(VOTE, verdict=verdict, evidence=EVIDENCE).validate()
+
+
+def test_invalid_reject_vote_without_evidence():
+    with pytest.raises(Malformed, match="evidence"):
+        dataclasses.replace(VOTE, verdict=Verdict.REJECT).validate()
+    dataclasses.replace(VOTE, verdict=Verdict.REJECT, evidence=EVIDENCE).validate()
 
 
 # --- signing roots bind every field
@@ -286,6 +333,7 @@ REQUEST_FIELDS = {
     "f": _u63,
     "layers_per_verifier": _u63,
     "validator_set_digest": _bytes32,
+    "positions_per_verifier": _u63,
 }
 SAMPLING_FIELDS = {
     "temperature": _finite,
@@ -312,6 +360,7 @@ COMMITMENT_FIELDS = {
 _layer_check = st.builds(
     LayerCheck, layer=_u63, chunks=_tokens, max_rel_error=_finite, worst_position=_u63
 )
+_sampler_check = st.builds(SamplerCheck, position=_u63, margin=_finite)
 VOTE_FIELDS = {
     "network_id": st.text(max_size=12),
     "request_digest": _bytes32,
@@ -322,12 +371,27 @@ VOTE_FIELDS = {
     "layer_checks": st.lists(_layer_check, max_size=3).map(tuple),
     "embedding_max_error": _finite,
     "reason": st.text(max_size=12),
+    "sampler_checks": st.lists(_sampler_check, max_size=3).map(tuple),
+    "escalated": st.booleans(),
+    "evidence": st.sampled_from([None, EVIDENCE, dataclasses.replace(EVIDENCE, layer=2)]),
 }
 LAYER_CHECK_FIELDS = {
     "layer": _u63,
     "chunks": _tokens,
     "max_rel_error": _finite,
     "worst_position": _u63,
+}
+SAMPLER_CHECK_FIELDS = {"position": _u63, "margin": _finite}
+EVIDENCE_FIELDS = {
+    "check": st.sampled_from(EvidenceCheck),
+    "request": st.sampled_from([dataclasses.replace(REQ, epoch=4), REQ]),
+    "signed": st.sampled_from([SIGNED, SIGNED_OTHER]),
+    "response": st.sampled_from([None, RESPONSE, SIGNED_RESPONSE]),
+    "other": st.sampled_from([None, SIGNED, SIGNED_OTHER]),
+    "layer": _u63,
+    "position": _u63,
+    "measured": _finite,
+    "detail": st.text(max_size=12),
 }
 
 
@@ -346,6 +410,8 @@ def test_field_tables_cover_every_signed_field():
     assert set(COMMITMENT_FIELDS) == {f.name for f in dataclasses.fields(Commitment)}
     assert set(VOTE_FIELDS) | {"signature"} == {f.name for f in dataclasses.fields(Vote)}
     assert set(LAYER_CHECK_FIELDS) == {f.name for f in dataclasses.fields(LayerCheck)}
+    assert set(SAMPLER_CHECK_FIELDS) == {f.name for f in dataclasses.fields(SamplerCheck)}
+    assert set(EVIDENCE_FIELDS) == {f.name for f in dataclasses.fields(Evidence)}
 
 
 @given(st.data())
@@ -385,6 +451,41 @@ def test_vote_root_binds_layer_check_order():
     assert swapped.signing_root() != VOTE.signing_root()
 
 
+@given(st.data(), st.integers(0, 1))
+def test_vote_root_changes_with_any_sampler_check_field(data, which):
+    checks = list(VOTE.sampler_checks)
+    checks[which] = _changed(checks[which], SAMPLER_CHECK_FIELDS, data)
+    changed = dataclasses.replace(VOTE, sampler_checks=tuple(checks))
+    assert changed.signing_root() != VOTE.signing_root()
+
+
+def test_vote_root_binds_sampler_check_order():
+    swapped = dataclasses.replace(VOTE, sampler_checks=VOTE.sampler_checks[::-1])
+    assert swapped.signing_root() != VOTE.signing_root()
+
+
+@given(st.data())
+def test_evidence_digest_changes_with_any_field(data):
+    assert _changed(EVIDENCE, EVIDENCE_FIELDS, data).digest() != EVIDENCE.digest()
+
+
+def test_evidence_digest_binds_the_response_signature_and_the_second_commitment():
+    # The signed parts are bound with their signatures: a re-signed part is another claim.
+    base = dataclasses.replace(EVIDENCE, response=SIGNED_RESPONSE, other=SIGNED_OTHER)
+    resigned = dataclasses.replace(SIGNED_RESPONSE, signature=VERIFIER.sign(b"x" * 32))
+    assert dataclasses.replace(base, response=resigned).digest() != base.digest()
+    other = dataclasses.replace(SIGNED_OTHER, signature=VERIFIER.sign(b"y" * 32))
+    assert dataclasses.replace(base, other=other).digest() != base.digest()
+    signed = dataclasses.replace(SIGNED, signature=VERIFIER.sign(b"z" * 32))
+    assert dataclasses.replace(base, signed=signed).digest() != base.digest()
+
+
+def test_evidence_digest_depends_on_network_and_names_the_accused():
+    moved = dataclasses.replace(EVIDENCE, request=dataclasses.replace(REQ, network_id="net-b"))
+    assert moved.digest() != EVIDENCE.digest()
+    assert EVIDENCE.executor_key == EXEC.public_key
+
+
 @given(st.binary(min_size=64, max_size=64))
 def test_vote_root_excludes_the_signature(signature):
     assert (
@@ -401,8 +502,10 @@ def test_roots_of_different_statements_never_collide():
         VOTE.signing_root(),
         compute_challenge_message(NET, SIGNED.digest),
         compute_validator_set_digest(NET, ()),
+        EVIDENCE.digest(),
+        SIGNED_RESPONSE.signing_root(),
     }
-    assert len(roots) == 6
+    assert len(roots) == 8
 
 
 def test_digest_depends_on_network():
@@ -484,17 +587,6 @@ def test_invalid_unsigned_vote():
 
 # --- opening responses [OPEN.1]
 
-_PROOF = MerkleProof(leaf_index=0, tree_size=1, steps=(ProofStep(0, Digest(b"\x00" * 32)),))
-RESPONSE = OpeningResponse(
-    network_id=NET,
-    commitment_digest=SIGNED.digest,
-    openings=(
-        TileOpening(TileRef(0, 0), b"leaf-a", _PROOF),
-        TileOpening(TileRef(1, 2), b"leaf-b", _PROOF),
-    ),
-    signature=Signature(b""),
-)
-
 
 @pytest.mark.parametrize(
     "changes",
@@ -555,6 +647,8 @@ def test_commitment_derived_values():
     assert VOTE.verifier_id == VERIFIER.node_id
     assert VOTE.max_error == 2e-7
     assert dataclasses.replace(VOTE, layer_checks=()).max_error == 0.0
+    assert VOTE.max_margin == 1e-4
+    assert dataclasses.replace(VOTE, sampler_checks=()).max_margin == 0.0
 
 
 # --- the spec's worked examples
@@ -569,7 +663,8 @@ def test_spec_example_default_sampling_encoding():
 
 
 def test_spec_example_request():
-    # [REQ.1] example.
+    # [REQ.1] example, with positions_per_verifier (m = 4, the default) appended to the digest
+    # body; docs/spec/commitment.md still shows the digest from before that field.
     validators = (SigningKey.from_seed(b"\x00" * 32).public_key,)
     vset = compute_validator_set_digest("testnet", validators)
     req = InferenceRequest(
@@ -582,10 +677,11 @@ def test_spec_example_request():
         f=1,
         layers_per_verifier=2,
         validator_set_digest=vset,
+        positions_per_verifier=4,
     )
     req.validate()
     assert vset.hex() == "dd7b845594be63ab2e9cb58f6fc19df98dca4d45c926a51776b04efba4542891"
-    assert req.digest().hex() == "6bb4376e920431cfe6ddc0337f28d6db9f9ffd3616cfe3f0aff8156e88f1c7a1"
+    assert req.digest().hex() == "9e96f7418c76fe929c340ae2f64b214d6ffaa7a547ddc66e93dc36ee8058a07a"
     assert req.sampling_seed().hex() == (
         "7ac04d124800abe4ef39046b0f3f3d3f224846ceef435a939b0fe59b5c2fb335"
     )

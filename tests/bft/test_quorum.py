@@ -28,6 +28,9 @@ from bft.assembler import (
 )
 from bft.errors import BadSignature, Ignore, Malformed, Reject
 from bft.messages import (
+    Evidence,
+    EvidenceCheck,
+    SamplerCheck,
     SamplingParams,
     Verdict,
     compute_challenge_message,
@@ -46,6 +49,7 @@ from tests.support import (
     make_key,
     resign_commitment,
     resign_vote,
+    verify,
 )
 
 
@@ -66,16 +70,32 @@ def committee_of(run: Run):
 def outsider_vote(net: Network, run: Run, which: int = 0):
     """Return a valid ACCEPT vote by a validator (``which``: 0 or 1) outside the committee."""
     pk = [k for k in net.validators if k not in committee_of(run)][which]
-    verifier = net.verifiers[pk]
-    ticket = verifier.compute_ticket(run.request, run.signed)
-    response = net.executor.on_open(run.signed.digest, ticket.challenge.required_tiles())
-    return verifier.on_openings(run.request, run.signed, ticket, response)
+    return verify(net.verifiers[pk], net.executor, run.request, run.signed).vote
+
+
+def made_up_evidence(run: Run, **changes) -> Evidence:
+    """Return a layer claim against the honest commitment of ``run`` (bound to it, but false)."""
+    response = next(iter(run.responses.values()))
+    evidence = Evidence(
+        EvidenceCheck.LAYER, run.request, run.signed, response, layer=1, measured=1.0
+    )
+    return dataclasses.replace(evidence, **changes)
 
 
 def as_verdict(net: Network, vote, verdict: Verdict):
-    """Return ``vote`` re-signed by its verifier with ``verdict`` and no measurements."""
+    """Return ``vote`` re-signed by its verifier with ``verdict`` and no measurements.
+
+    A REJECT carries (made-up) evidence about the honest run, as [VOTE.3] requires.
+    """
+    evidence = made_up_evidence(get_honest_run()) if verdict is Verdict.REJECT else None
     return resign_vote(
-        vote, net.key_of(vote.verifier_key), verdict=verdict, layer_checks=(), reason="x"
+        vote,
+        net.key_of(vote.verifier_key),
+        verdict=verdict,
+        layer_checks=(),
+        sampler_checks=(),
+        reason="x",
+        evidence=evidence,
     )
 
 
@@ -93,11 +113,21 @@ def test_honest_run_is_accepted_by_the_whole_committee(net, run):
 
 def test_accept_votes_report_exactly_their_challenged_layers(run):
     for vote in run.votes:
-        ticket = run.tickets[vote.verifier_key]
+        session = run.sessions[vote.verifier_key]
+        assert not session.escalated and not vote.escalated
         assert [(c.layer, c.chunks) for c in vote.layer_checks] == [
-            (lc.layer, lc.chunks) for lc in ticket.challenge.layers
+            (lc.layer, lc.chunks) for lc in session.challenge.layers
         ]
         assert len(vote.layer_checks) == run.request.layers_per_verifier
+
+
+def test_accept_votes_report_exactly_their_challenged_positions(run):
+    for vote in run.votes:
+        positions = run.sessions[vote.verifier_key].challenge.positions
+        assert tuple(c.position for c in vote.sampler_checks) == positions
+        assert len(positions) == run.request.positions_per_verifier
+        c = run.signed.commitment
+        assert all(c.prompt_len <= p < len(c.tokens) for p in positions)
 
 
 @pytest.mark.parametrize("n", [3, 4])
@@ -191,9 +221,54 @@ def test_invalid_accept_vote_reporting_other_layers_than_challenged(net, run, mu
         check_vote(forged, run.request, run.signed, committee_of(run))
 
 
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda checks: checks[:-1],
+        lambda checks: (),
+        lambda checks: checks[::-1],
+        lambda checks: (*checks, checks[0]),
+        lambda checks: (SamplerCheck(checks[0].position - 1, 0.0), *checks[1:]),
+    ],
+    ids=["fewer", "none", "reordered", "extra", "other-position"],
+)
+def test_invalid_accept_vote_reporting_other_positions_than_challenged(net, run, mutate):
+    vote = run.votes[0]
+    forged = resign_vote(
+        vote, net.key_of(vote.verifier_key), sampler_checks=mutate(vote.sampler_checks)
+    )
+    with pytest.raises(Reject, match="positions its challenge selects"):
+        check_vote(forged, run.request, run.signed, committee_of(run))
+
+
+def test_invalid_accept_vote_claiming_an_escalation_it_did_not_check(net, run):
+    # The escalated challenge doubles k (here: every layer), so the base report no longer fits.
+    vote = run.votes[0]
+    forged = resign_vote(vote, net.key_of(vote.verifier_key), escalated=True)
+    with pytest.raises(Reject, match="its challenge selects"):
+        check_vote(forged, run.request, run.signed, committee_of(run))
+
+
 @pytest.mark.parametrize("verdict", [Verdict.REJECT, Verdict.UNAVAILABLE])
 def test_non_accept_votes_need_no_layer_report(net, run, verdict):
     check_vote(as_verdict(net, run.votes[0], verdict), run.request, run.signed, committee_of(run))
+
+
+def test_invalid_reject_vote_with_evidence_about_another_request(net, run):
+    other = net.run(net.request(request_id=b"\x31" * 16))
+    for evidence in (
+        made_up_evidence(other),
+        made_up_evidence(run, request=other.request),
+        made_up_evidence(run, signed=other.signed),
+    ):
+        vote = resign_vote(
+            as_verdict(net, run.votes[0], Verdict.REJECT),
+            net.key_of(run.votes[0].verifier_key),
+            evidence=evidence,
+        )
+        vote.check()
+        with pytest.raises(Reject, match="another request or commitment"):
+            check_vote(vote, run.request, run.signed, committee_of(run))
 
 
 # --- quorum certificates [QUORUM.3]

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from bft.assembler import build_receipt
 from bft.errors import BadSignature, Malformed, ProtocolError, Reject
-from bft.messages import Verdict
+from bft.messages import Evidence, EvidenceCheck, Verdict
 from bft.receipt import Receipt, check_receipt
 from bft.types import Digest
+from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from tests.support import (
     Network,
@@ -29,6 +30,7 @@ from tests.support import (
     make_key,
     resign_commitment,
     resign_vote,
+    verify,
 )
 
 
@@ -76,12 +78,7 @@ def test_invalid_duplicate_signer(receipt):
 def test_invalid_non_member_signer(net, receipt):
     run = get_honest_run()
     pk = next(k for k in net.validators if k not in run.tally.committee)
-    verifier = net.verifiers[pk]
-    ticket = verifier.compute_ticket(receipt.request, receipt.signed_commitment)
-    response = net.executor.on_open(
-        receipt.signed_commitment.digest, ticket.challenge.required_tiles()
-    )
-    vote = verifier.on_openings(receipt.request, receipt.signed_commitment, ticket, response)
+    vote = verify(net.verifiers[pk], net.executor, receipt.request, receipt.signed_commitment).vote
     assert vote.verdict is Verdict.ACCEPT  # an honest, valid vote: only membership is wrong
     with pytest.raises(Reject, match="outside the committee"):
         check_receipt(with_votes(receipt, (*receipt.votes[:2], vote)))
@@ -140,8 +137,20 @@ def test_invalid_votes_moved_to_an_equivocating_commitment(net, receipt):
 @pytest.mark.parametrize("verdict", [Verdict.REJECT, Verdict.UNAVAILABLE])
 def test_invalid_non_accept_vote_in_the_certificate(net, receipt, verdict):
     v = receipt.votes
+    run = get_honest_run()
+    evidence = (
+        Evidence(EvidenceCheck.LAYER, run.request, run.signed, run.responses[v[3].verifier_key])
+        if verdict is Verdict.REJECT
+        else None
+    )
     other = resign_vote(
-        v[3], net.key_of(v[3].verifier_key), verdict=verdict, layer_checks=(), reason="no"
+        v[3],
+        net.key_of(v[3].verifier_key),
+        verdict=verdict,
+        layer_checks=(),
+        sampler_checks=(),
+        reason="no",
+        evidence=evidence,
     )
     with pytest.raises(Reject, match="not ACCEPT"):
         check_receipt(with_votes(receipt, (v[0], v[1], v[2], other)))
@@ -204,20 +213,20 @@ def test_invalid_tampered_token_resigned_by_the_executor(net, receipt):
         check_receipt(dataclasses.replace(receipt, signed_commitment=resigned))
 
 
-class Verbose(ExecutorCore):
-    """Commits to (and proves honestly) two more output tokens than the request allows."""
+class VerboseBackend(TorchBackend):
+    """Generates, with the protocol's sampler, two more tokens than asked for."""
 
-    def compute_states(self, tokens):
-        return super().compute_states([*tokens, 7, 7])
-
-    def compute_committed_tokens(self, prompt, output):
-        return [*prompt, *output, 7, 7]
+    def generate(self, prompt, params, seed):
+        more = dataclasses.replace(params, max_new_tokens=params.max_new_tokens + 2)
+        return super().generate(prompt, more, seed)
 
 
 def test_invalid_more_output_tokens_than_max_new_tokens(net):
     # Even with 2f+1 ACCEPTs (which only verifiers skipping [VERIFY.1] would sign), the receipt
     # checker enforces the output bound itself. [RECEIPT.2] step 6
-    ex = Verbose(make_key("verbose"), net.backend, net.lm.model_id, net.policy.network_id, 8)
+    # Every committed token is the sampler's choice: only the length rule is broken.
+    verbose = VerboseBackend(net.lm.model)
+    ex = ExecutorCore(make_key("verbose"), verbose, net.lm.model_id, net.policy.network_id, 8)
     run = net.run(net.request(request_id=b"\x77" * 16), ex, check_commitments=False)
     assert len(run.signed.commitment.output_tokens) == run.request.sampling.max_new_tokens + 2
     assert all(v.verdict is Verdict.ACCEPT for v in run.votes)
@@ -226,6 +235,7 @@ def test_invalid_more_output_tokens_than_max_new_tokens(net):
     # Verifiers that do run [VERIFY.1] refuse it in the first place.
     checked = net.run(net.request(request_id=b"\x78" * 16), ex)
     assert all("max_new_tokens" in v.reason for v in checked.votes)
+    assert all(v.verdict is Verdict.REJECT and v.evidence is not None for v in checked.votes)
 
 
 def test_invalid_commitment_resigned_by_another_executor(receipt):
@@ -290,7 +300,13 @@ def test_invalid_tampered_embedding_measurement(receipt):
 
 
 def _leaves(obj, path=()):
-    """Yield ``(path, value)`` for every scalar in ``obj`` (dataclasses and tuples walked)."""
+    """Yield ``(path, value)`` for every scalar in ``obj`` (dataclasses and tuples walked).
+
+    Absent optional parts (``None``, e.g. an ACCEPT vote's evidence) have no scalar to change;
+    adding one is covered by the message tests.
+    """
+    if obj is None:
+        return
     if dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
             yield from _leaves(getattr(obj, f.name), (*path, f.name))
@@ -350,6 +366,8 @@ def mutations(draw, value):
 def test_mutation_walk_covers_every_part_of_the_receipt(receipt):
     paths = {p[0] for p, _ in _leaves(receipt)}
     assert paths == {"request", "signed_commitment", "validators", "votes"}
+    names = {p[-1] for p, _ in _leaves(receipt)}
+    assert {"positions_per_verifier", "margin", "position", "escalated"} <= names
     assert len(list(_leaves(receipt))) > 100
 
 

@@ -7,20 +7,44 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bft.errors import BadSignature, Malformed, Reject
-from bft.messages import OpeningResponse, TileOpening, TileRef, Verdict
+from bft.challenge import compute_commitment_challenge
+from bft.errors import BadSignature, Ignore, Malformed, Reject
+from bft.messages import (
+    EvidenceCheck,
+    OpeningResponse,
+    SamplingParams,
+    TileOpening,
+    TileRef,
+    Verdict,
+    Vote,
+    compute_challenge_message,
+)
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId, Signature
-from bft.verifier import Thresholds, VerifierCore, compute_rel_errors
+from bft.verifier import (
+    Band,
+    Session,
+    Thresholds,
+    VerifierCore,
+    compute_length_violation,
+    compute_rel_errors,
+)
+from executor.backend import TorchBackend
+from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
 from tests.support import (
+    CHUNK_SIZE,
     NETWORK_ID,
+    PROMPT,
+    SAMPLING,
     Network,
     Run,
     get_honest_run,
     get_network,
     make_key,
     resign_commitment,
+    resign_response,
+    verify,
 )
 
 
@@ -57,13 +81,20 @@ def test_honest_commitment_has_no_problem(net, run, member):
 
 
 @pytest.mark.parametrize(
+    "changes", [{"network_id": "elsewhere"}, {"request_digest": Digest(b"\x00" * 32)}]
+)
+def test_invalid_commitment_not_bound_to_the_request_gets_no_vote(net, run, member, changes):
+    # Anyone can forward an old signed commitment: no evidence against the executor. [VERIFY.1]
+    other = resign_commitment(run.signed, net.executor_key, **changes)
+    with pytest.raises(Ignore, match="not bound to this request"):
+        net.verifiers[member].start(run.request, other)
+
+
+@pytest.mark.parametrize(
     ("changes", "why"),
     [
-        ({"network_id": "elsewhere"}, "another network"),
-        ({"request_digest": Digest(b"\x00" * 32)}, "another request"),
         ({"model_id": ModelId(b"\x00" * 32)}, "another model"),
         ({"tokens": (1, *range(101, 128))}, "prompt differs"),
-        ({"tokens": (*range(100, 120), *range(9))}, "max_new_tokens"),
         ({"num_layers": 3, "num_leaves": 16}, "number of layers"),
         ({"hidden_size": 32}, "hidden size"),
         ({"dtype": "bfloat16"}, "not checkable"),
@@ -72,8 +103,33 @@ def test_honest_commitment_has_no_problem(net, run, member):
 )
 def test_invalid_commitment_problems_are_named(net, run, member, changes, why):
     other = resign_commitment(run.signed, net.executor_key, **changes)
-    problem = net.verifiers[member].check_commitment(run.request, other)
-    assert problem is not None and why in problem
+    verifier = net.verifiers[member]
+    problem = verifier.check_commitment(run.request, other)
+    assert problem is not None
+    assert problem[0] is EvidenceCheck.COMMITMENT and why in problem[1]
+    # start() turns the problem into a REJECT without openings, with the evidence for it.
+    vote = verifier.start(run.request, other)
+    assert isinstance(vote, Vote) and vote.verdict is Verdict.REJECT
+    assert why in vote.reason
+    assert vote.layer_checks == () and vote.sampler_checks == ()
+    ev = vote.evidence
+    assert ev is not None and ev.check is EvidenceCheck.COMMITMENT
+    assert (ev.request, ev.signed, ev.response, ev.detail) == (run.request, other, None, problem[1])
+    check_vote(vote, run.request, other, run.tally.committee)
+
+
+def test_start_returns_the_session_of_the_signed_challenge(net, run, member):
+    verifier = net.verifiers[member]
+    session = verifier.start(run.request, run.signed)
+    assert isinstance(session, Session)
+    assert (session.request, session.signed, session.escalated) == (run.request, run.signed, False)
+    message = compute_challenge_message(NETWORK_ID, run.signed.digest)
+    assert session.challenge_signature == net.key_of(member).sign(message)
+    want = compute_commitment_challenge(
+        session.challenge_signature, run.signed.commitment, run.request
+    )
+    assert session.challenge == want
+    assert session == run.sessions[member]
 
 
 def test_invalid_unsigned_commitment_gets_no_vote(net, run, member):
@@ -94,36 +150,150 @@ def test_invalid_request_for_another_network_or_model(net, run, member):
         )
 
 
+# --- [VERIFY.8] the length rule
+
+
+EOS = 2  # the tiny model's end-of-sequence id
+
+
+@pytest.mark.parametrize(
+    ("output", "sampling", "why"),
+    [
+        ((5, 6, 7), SamplingParams(max_new_tokens=3), None),
+        ((5, EOS), SamplingParams(max_new_tokens=3), None),
+        ((EOS,), SamplingParams(max_new_tokens=3), None),
+        ((5, 6, EOS), SamplingParams(max_new_tokens=3), None),
+        ((5, 6), SamplingParams(max_new_tokens=2, stop_at_eos=False), None),
+        ((5, EOS, 6), SamplingParams(max_new_tokens=3, stop_at_eos=False), None),
+        ((), SamplingParams(max_new_tokens=3), "no output"),
+        ((5, 6, 7, 8), SamplingParams(max_new_tokens=3), "more output tokens"),
+        ((5, EOS, 6), SamplingParams(max_new_tokens=3), "past an end-of-sequence"),
+        ((EOS, EOS), SamplingParams(max_new_tokens=3), "past an end-of-sequence"),
+        ((5, 6), SamplingParams(max_new_tokens=3), "stopped early"),
+        ((5, EOS), SamplingParams(max_new_tokens=3, stop_at_eos=False), "stop_at_eos off"),
+    ],
+    ids=repr,
+)
+def test_length_rule(run, output, sampling, why):
+    request = dataclasses.replace(run.request, sampling=sampling)
+    got = compute_length_violation(request, output, frozenset({EOS}))
+    assert got is None if why is None else why in got
+
+
+class EditedBackend(TorchBackend):
+    """Generates with the protocol's sampler, then edits the output (proved honestly)."""
+
+    def __init__(self, model, edit) -> None:
+        super().__init__(model)
+        self.edit = edit
+
+    def generate(self, prompt, params, seed):
+        return self.edit(super().generate(prompt, params, seed))
+
+
+def _length_liar(net: Network, how: str) -> ExecutorCore:
+    model = net.lm.model
+    backend = {
+        "eos-in-the-middle": lambda: EditedBackend(model, lambda out: [*out[:3], EOS, *out[4:]]),
+        "early-stop-without-eos": lambda: EditedBackend(model, lambda out: out[:5]),
+    }[how]()
+    return ExecutorCore(make_key(f"length-{how}"), backend, net.lm.model_id, NETWORK_ID, 8)
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("eos-in-the-middle", "past an end-of-sequence token"),
+        ("early-stop-without-eos", "stopped early without an end-of-sequence token"),
+    ],
+)
+def test_invalid_length_gets_reject_with_length_evidence(net, how, why):
+    ex = _length_liar(net, how)
+    other = net.run(net.request(request_id=b"\x57" * 16), ex)
+    other.signed.check()
+    for vote in other.votes:
+        assert vote.verdict is Verdict.REJECT
+        assert why in vote.reason
+        assert vote.evidence is not None and vote.evidence.check is EvidenceCheck.LENGTH
+        assert vote.evidence.detail == vote.reason and vote.evidence.response is None
+    assert other.responses == {}  # decided without openings
+
+
+def test_invalid_too_long_output_gets_length_evidence(net, run, member):
+    # One output token more than max_new_tokens breaks the length rule of [SAMPLE.4]
+    # (compute_length_violation names it), so the evidence should say LENGTH.
+    output = (*run.signed.commitment.output_tokens, 7)
+    assert len(output) == SAMPLING.max_new_tokens + 1
+    longer = resign_commitment(run.signed, net.executor_key, tokens=(*PROMPT, *output))
+    assert "max_new_tokens" in compute_length_violation(run.request, output, frozenset({EOS}))
+    vote = net.verifiers[member].start(run.request, longer)
+    assert isinstance(vote, Vote) and vote.verdict is Verdict.REJECT
+    assert "more output tokens than max_new_tokens" in vote.reason
+    assert vote.evidence is not None
+    assert vote.evidence.check is EvidenceCheck.LENGTH, vote.evidence.check
+
+
 # --- [VERIFY.2] openings
 
 
 def vote_on(net: Network, run: Run, member: bytes, response: OpeningResponse, verifier=None):
     verifier = verifier or net.verifiers[member]
-    vote = verifier.on_openings(run.request, run.signed, run.tickets[member], response)
+    vote = verifier.on_openings(run.sessions[member], response)
+    assert isinstance(vote, Vote)
     check_vote(vote, run.request, run.signed, run.tally.committee)  # every verdict is a valid vote
+    assert (vote.evidence is not None) is (vote.verdict is Verdict.REJECT)
     return vote
 
 
-def resign_response(net: Network, response: OpeningResponse, **changes) -> OpeningResponse:
-    unsigned = dataclasses.replace(response, **changes)
-    return dataclasses.replace(unsigned, signature=net.executor_key.sign(unsigned.signing_root()))
+def resign(net: Network, response: OpeningResponse, **changes) -> OpeningResponse:
+    return resign_response(response, net.executor_key, **changes)
 
 
 def test_honest_openings_get_accept(net, run, member):
     vote = vote_on(net, run, member, run.responses[member])
     assert vote.verdict is Verdict.ACCEPT
-    assert vote.reason == ""
+    assert vote.reason == "" and vote.evidence is None and not vote.escalated
     assert [c.layer for c in vote.layer_checks] == sorted(c.layer for c in vote.layer_checks)
+    challenge = run.sessions[member].challenge
+    assert tuple(c.position for c in vote.sampler_checks) == challenge.positions
+    assert vote.max_margin == 0.0  # the committed tokens are exactly the sampler's choices
+
+
+def test_required_tiles_hold_the_last_boundary_before_each_sampled_position(run, member):
+    challenge = run.sessions[member].challenge
+    tiles = set(challenge.required_tiles())
+    assert {o.tile for o in run.responses[member].openings} == tiles
+    for p in challenge.positions:
+        assert TileRef(4, (p - 1) // CHUNK_SIZE) in tiles
 
 
 def test_measurement_equal_to_threshold_passes(net, run, member):
     # Honest full-prefix re-execution measures exactly 0 here; thresholds of 0 still ACCEPT.
+    zero = Band(0.0, 0.0)
     strict = VerifierCore(
-        net.key_of(member), net.backend, net.lm.model_id, 4, 64, NETWORK_ID, Thresholds(0.0, 0.0)
+        net.key_of(member),
+        net.backend,
+        net.lm.model_id,
+        4,
+        64,
+        NETWORK_ID,
+        Thresholds(layer=zero, embedding=zero, sampler=zero),
     )
     vote = vote_on(net, run, member, run.responses[member], strict)
-    assert vote.max_error == 0.0 and vote.embedding_max_error == 0.0
+    assert vote.max_error == 0.0 and vote.embedding_max_error == 0.0 and vote.max_margin == 0.0
     assert vote.verdict is Verdict.ACCEPT
+
+
+def test_band_classifies_with_inclusive_edges():
+    band = Band(1e-5, 1e-4)
+    assert [band.classify(x) for x in (0.0, 1e-5, 2e-5, 1e-4, 1.1e-4, float("inf"))] == [
+        "accept",
+        "accept",
+        "grey",
+        "grey",
+        "reject",
+        "reject",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -141,6 +311,7 @@ def test_unattributable_response_gets_unavailable(net, run, member, changes):
     vote = vote_on(net, run, member, dataclasses.replace(run.responses[member], **changes))
     assert vote.verdict is Verdict.UNAVAILABLE
     assert vote.layer_checks == () and vote.embedding_max_error == 0.0
+    assert vote.sampler_checks == () and vote.evidence is None
 
 
 def test_unsigned_edit_of_a_leaf_gets_unavailable(net, run, member):
@@ -169,49 +340,110 @@ def test_unsigned_edit_of_a_proof_gets_unavailable(net, run, member):
     assert vote.verdict is Verdict.UNAVAILABLE
 
 
-def test_invalid_signed_bad_proof_gets_reject(net, run, member):
-    response = _with_flipped_proof_step(run.responses[member])
-    vote = vote_on(net, run, member, resign_response(net, response))
+def assert_opening_reject(vote: Vote, response: OpeningResponse, why: str) -> None:
     assert vote.verdict is Verdict.REJECT
-    assert "inclusion proof" in vote.reason
-
-
-@pytest.mark.parametrize("how", ["missing", "extra"])
-def test_invalid_signed_response_with_other_tiles(net, run, member, how):
-    response = run.responses[member]
-    if how == "missing":
-        openings = response.openings[:-1]
-    else:
-        c = run.signed.commitment
-        used = {o.tile for o in response.openings}
-        extra = next(
-            TileRef(b, ch) for b in range(5) for ch in range(4) if TileRef(b, ch) not in used
-        )
-        extra_opening = net.executor.on_open(run.signed.digest, (extra,)).openings[0]
-        assert c.num_chunks == 4
-        openings = (*response.openings, extra_opening)
-    vote = vote_on(net, run, member, resign_response(net, response, openings=openings))
-    assert vote.verdict is Verdict.REJECT
-    assert "exactly the challenged tiles" in vote.reason
+    assert why in vote.reason
     assert vote.layer_checks == () and vote.embedding_max_error == 0.0
+    ev = vote.evidence
+    assert ev is not None and ev.check is EvidenceCheck.OPENING
+    assert ev.response == response and why in ev.detail
+
+
+def test_invalid_signed_bad_proof_gets_reject(net, run, member):
+    response = resign(net, _with_flipped_proof_step(run.responses[member]))
+    vote = vote_on(net, run, member, response)
+    assert_opening_reject(vote, response, "inclusion proof")
+
+
+@pytest.mark.parametrize("which", [0, -1])
+def test_signed_response_missing_a_challenged_tile_gets_unavailable(net, run, member, which):
+    # Withholding part of the challenge is a liveness fault: nothing opened is wrong. [VERIFY.5]
+    response = run.responses[member]
+    openings = list(response.openings)
+    del openings[which]
+    vote = vote_on(net, run, member, resign(net, response, openings=tuple(openings)))
+    assert vote.verdict is Verdict.UNAVAILABLE
+    assert "not served" in vote.reason
+    assert vote.layer_checks == () and vote.sampler_checks == ()
+
+
+def _unused_tile(run: Run, member: bytes) -> TileRef:
+    used = {o.tile for o in run.responses[member].openings}
+    assert run.signed.commitment.num_chunks == 4
+    return next(TileRef(b, ch) for b in range(5) for ch in range(4) if TileRef(b, ch) not in used)
+
+
+def test_signed_response_with_an_extra_valid_tile_is_judged_on_the_challenge(net, run, member):
+    response = run.responses[member]
+    extra = net.executor.on_open(run.signed.digest, (_unused_tile(run, member),)).openings[0]
+    vote = vote_on(net, run, member, resign(net, response, openings=(*response.openings, extra)))
+    honest = vote_on(net, run, member, response)
+    assert vote.verdict is Verdict.ACCEPT
+    assert (vote.layer_checks, vote.sampler_checks) == (honest.layer_checks, honest.sampler_checks)
+
+
+def test_invalid_signed_response_with_an_extra_tile_that_does_not_open(net, run, member):
+    # Extra tiles are checked too: a signed opening that does not open the root is provable.
+    response = run.responses[member]
+    extra = net.executor.on_open(run.signed.digest, (_unused_tile(run, member),)).openings[0]
+    bad = dataclasses.replace(extra, leaf=extra.leaf[:-1] + bytes([extra.leaf[-1] ^ 1]))
+    forged = resign(net, response, openings=(*response.openings, bad))
+    assert_opening_reject(vote_on(net, run, member, forged), forged, "inclusion proof")
+
+
+def test_invalid_signed_response_with_a_tile_twice(net, run, member):
+    response = run.responses[member]
+    forged = resign(net, response, openings=(*response.openings, response.openings[0]))
+    assert_opening_reject(vote_on(net, run, member, forged), forged, "twice")
 
 
 def test_invalid_signed_response_with_a_leaf_of_another_tile(net, run, member):
     response = run.responses[member]
     a, b = response.openings[0], response.openings[1]
     swapped = (TileOpening(a.tile, b.leaf, b.proof), *response.openings[1:])
-    vote = vote_on(net, run, member, resign_response(net, response, openings=swapped))
-    assert vote.verdict is Verdict.REJECT
-    assert "wrong leaf index" in vote.reason
+    forged = resign(net, response, openings=swapped)
+    assert_opening_reject(vote_on(net, run, member, forged), forged, "wrong leaf index")
 
 
 def test_invalid_signed_response_with_a_leaf_outside_the_tree(net, run, member):
     response = run.responses[member]
     o = response.openings[-1]
-    forged = (*response.openings[:-1], dataclasses.replace(o, leaf=o.leaf[:-4] + b"\x00" * 4))
-    vote = vote_on(net, run, member, resign_response(net, response, openings=forged))
+    leaf = dataclasses.replace(o, leaf=o.leaf[:-4] + b"\x00" * 4)
+    forged = resign(net, response, openings=(*response.openings[:-1], leaf))
+    assert_opening_reject(vote_on(net, run, member, forged), forged, "inclusion proof")
+
+
+def test_invalid_openings_of_a_second_signed_root_get_reject_as_equivocation(net, run, member):
+    # The executor serves openings against another commitment it signed for this request.
+    other = resign_commitment(run.signed, net.executor_key, merkle_root=Digest(b"\x09" * 32))
+    response = resign(net, run.responses[member], commitment_digest=other.digest, commitment=other)
+    vote = vote_on(net, run, member, response)
     assert vote.verdict is Verdict.REJECT
-    assert "inclusion proof" in vote.reason
+    ev = vote.evidence
+    assert ev is not None and ev.check is EvidenceCheck.EQUIVOCATION
+    assert (ev.signed, ev.other) == (run.signed, other)
+
+
+@pytest.mark.parametrize("how", ["no-commitment", "unsigned", "other-request", "other-executor"])
+def test_openings_of_another_root_without_a_provable_second_commitment_get_unavailable(
+    net, run, member, how
+):
+    stranger = make_key("stranger")
+    other = {
+        "no-commitment": None,
+        "unsigned": dataclasses.replace(
+            run.signed,
+            commitment=dataclasses.replace(run.signed.commitment, merkle_root=Digest(b"\x09" * 32)),
+        ),
+        "other-request": resign_commitment(
+            run.signed, net.executor_key, request_digest=Digest(b"\x01" * 32)
+        ),
+        "other-executor": resign_commitment(run.signed, stranger, executor_key=stranger.public_key),
+    }[how]
+    digest = other.digest if other is not None else Digest(b"\x07" * 32)
+    response = resign(net, run.responses[member], commitment_digest=digest, commitment=other)
+    vote = vote_on(net, run, member, response)
+    assert vote.verdict is Verdict.UNAVAILABLE
 
 
 class EmbeddingNudger(ExecutorCore):
@@ -230,6 +462,10 @@ def test_invalid_embedding_nudge_gets_reject(net):
         assert vote.verdict is Verdict.REJECT
         assert "boundary 0" in vote.reason
         assert vote.embedding_max_error == pytest.approx(1e-3, rel=1e-2)
+        ev = vote.evidence
+        assert ev is not None and ev.check is EvidenceCheck.EMBEDDING
+        assert ev.measured == vote.embedding_max_error
+        assert ev.response == other.responses[vote.verifier_key]
 
 
 def test_invalid_scaled_states_reject_naming_the_worst_layer(net, run, member):
@@ -249,3 +485,164 @@ def test_invalid_scaled_states_reject_naming_the_worst_layer(net, run, member):
         assert worst.max_rel_error > 1e-4
         lo, hi = 0, len(other.signed.commitment.tokens)
         assert all(lo <= c.worst_position < hi for c in vote.layer_checks)
+        ev = vote.evidence
+        assert ev is not None and ev.check is EvidenceCheck.LAYER
+        assert (ev.layer, ev.position, ev.measured) == (
+            worst.layer,
+            worst.worst_position,
+            worst.max_rel_error,
+        )
+
+
+# --- [VERIFY.6] the sampler check
+
+
+def test_invalid_token_that_is_not_the_samplers_choice_is_caught_where_sampled(net):
+    # The last output token is changed and every activation recomputed for it: only the sampler
+    # check at that position can see it.
+    ex = make_byzantine_executor(
+        "smart-tamper-tokens", make_key("tamperer"), net.lm.model, net.lm.model_id, NETWORK_ID, 8
+    )
+    seen = set()
+    for n in [0x61]:  # a request whose committee holds both cases
+        other = net.run(net.request(request_id=bytes([n]) * 16), ex)
+        last = len(other.signed.commitment.tokens) - 1
+        for vote in other.votes:
+            assert vote.embedding_max_error == 0.0 and vote.max_error == 0.0
+            exposed = last in other.sessions[vote.verifier_key].challenge.positions
+            seen.add(exposed)
+            if not exposed:
+                assert vote.verdict is Verdict.ACCEPT
+                continue
+            assert vote.verdict is Verdict.REJECT
+            ev = vote.evidence
+            assert ev is not None and ev.check is EvidenceCheck.SAMPLER
+            assert ev.position == last and ev.measured == vote.max_margin > 5e-2
+            assert f"position {last}" in vote.reason
+    assert seen == {True, False}
+
+
+# --- [VERIFY.7] the grey band: one escalation, never a REJECT from grey alone
+
+
+class LayerNudger(ExecutorCore):
+    """Scales the update of layer ``layer`` by ``1 + rel`` (boundary ``layer`` only)."""
+
+    def __init__(self, *args, layer: int, rel: float, lie_at: int | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.layer, self.rel, self.lie_at = layer, rel, lie_at
+
+    def compute_states(self, tokens):
+        states = super().compute_states(tokens).copy()
+        x, y = states[self.layer - 1], states[self.layer]
+        states[self.layer] = x + (1 + self.rel) * (y - x)
+        if self.lie_at is not None:  # and a plain lie at another boundary
+            states[self.lie_at] += 0.05
+        return states
+
+
+def _nudger(net: Network, lie_at: int | None = None) -> LayerNudger:
+    return LayerNudger(
+        make_key(f"nudger-{lie_at}"),
+        net.backend,
+        net.lm.model_id,
+        NETWORK_ID,
+        8,
+        layer=4,
+        rel=3e-5,
+        lie_at=lie_at,
+    )
+
+
+@pytest.fixture(scope="module")
+def grey(net) -> Thresholds:
+    """Thresholds whose layer band has the nudged layer's measured error in its middle."""
+    ex = _nudger(net)
+    request = net.request(request_id=b"\x70" * 16, layers_per_verifier=4)
+    signed = ex.on_execute(request)
+    vote = verify(net.verifiers[net.validators[0]], ex, request, signed).vote
+    errors = {c.layer: c.max_rel_error for c in vote.layer_checks}
+    assert errors[4] > 0 and all(errors[b] == 0.0 for b in (1, 2, 3)), errors
+    return Thresholds(layer=Band(errors[4] / 3, errors[4] * 3))
+
+
+def grey_verifier(net: Network, key, thresholds: Thresholds) -> VerifierCore:
+    return VerifierCore(key, net.backend, net.lm.model_id, 4, 64, NETWORK_ID, thresholds)
+
+
+def assert_escalated(first: Session, second: Session, request) -> None:
+    assert second.escalated and not first.escalated
+    assert second.challenge_signature == first.challenge_signature
+    base, more = first.challenge, second.challenge
+    assert {lc.layer for lc in base.layers} < {lc.layer for lc in more.layers}
+    assert len(more.layers) == min(2 * request.layers_per_verifier, 4)
+    assert set(base.positions) <= set(more.positions)
+    outputs = len(first.signed.commitment.output_tokens)
+    assert len(more.positions) == min(2 * request.positions_per_verifier, outputs)
+    assert set(base.required_tiles()) <= set(more.required_tiles())
+
+
+def test_grey_layer_escalates_once_then_accepts(net, grey):
+    ex = _nudger(net)
+    request = net.request(request_id=b"\x71" * 16, positions_per_verifier=2)
+    signed = ex.on_execute(request)
+    seen: set[bool] = set()
+    for i in range(16):
+        if seen == {True, False}:
+            break
+        verifier = grey_verifier(net, make_key(f"grey-{i}"), grey)
+        session = verifier.start(request, signed)
+        assert isinstance(session, Session)
+        response = ex.on_open(signed.digest, session.challenge.required_tiles())
+        result = verifier.on_openings(session, response)
+        sampled = 4 in {lc.layer for lc in session.challenge.layers}
+        seen.add(sampled)
+        if not sampled:  # nothing grey: a plain ACCEPT
+            assert isinstance(result, Vote) and result.verdict is Verdict.ACCEPT
+            assert not result.escalated
+            continue
+        assert isinstance(result, Session)
+        assert_escalated(session, result, request)
+        response = ex.on_open(signed.digest, result.challenge.required_tiles())
+        vote = verifier.on_openings(result, response)
+        assert isinstance(vote, Vote)  # grey again on the escalated pass: no second escalation
+        assert vote.verdict is Verdict.ACCEPT and vote.escalated and vote.evidence is None
+        assert [c.layer for c in vote.layer_checks] == [1, 2, 3, 4]
+        assert tuple(c.position for c in vote.sampler_checks) == result.challenge.positions
+        check_vote(vote, request, signed, (verifier.key.public_key,))
+    assert seen == {True, False}
+
+
+def test_grey_embedding_escalates_every_verifier_once(net, run, member):
+    # Boundary 0 is always checked: with its honest error (0) in the grey band, every verifier
+    # escalates, and the escalated pass ACCEPTs.
+    thresholds = Thresholds(embedding=Band(-1.0, 1.0))
+    verifier = grey_verifier(net, net.key_of(member), thresholds)
+    v = verify(verifier, net.executor, run.request, run.signed)
+    assert len(v.responses) == 2
+    assert_escalated(run.sessions[member], v.session, run.request)
+    assert v.vote.verdict is Verdict.ACCEPT and v.vote.escalated
+    check_vote(v.vote, run.request, run.signed, run.tally.committee)
+
+
+def test_invalid_lie_found_by_the_escalated_challenge_gets_reject(net, grey):
+    # Layer 4 is grey; boundary 2 is a plain lie, seen by layers 2 and 3. A verifier whose base
+    # challenge is layers {1, 4} sees only grey, escalates to every layer, and finds the lie.
+    ex = _nudger(net, lie_at=2)
+    request = net.request(request_id=b"\x72" * 16)
+    signed = ex.on_execute(request)
+    for i in range(64):
+        verifier = grey_verifier(net, make_key(f"escalate-{i}"), grey)
+        session = verifier.start(request, signed)
+        if [lc.layer for lc in session.challenge.layers] == [1, 4]:
+            break
+    else:
+        raise AssertionError("no key with base challenge {1, 4} among 64")
+    v = verify(verifier, ex, request, signed)
+    assert len(v.responses) == 2 and v.session.escalated
+    vote = v.vote
+    assert vote.verdict is Verdict.REJECT and vote.escalated
+    assert vote.evidence is not None and vote.evidence.check is EvidenceCheck.LAYER
+    assert vote.evidence.layer in (2, 3)
+    assert vote.evidence.response == v.responses[-1]
+    check_vote(vote, request, signed, (verifier.key.public_key,))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from bft.messages import SamplingParams
+from bft.messages import InferenceRequest, SamplingParams
+from bft.types import Digest, ModelId
 from executor.backend import TorchBackend
-from executor.sampler import sample_token
+from executor.sampler import compute_sampler_margin, sample_token
 from tests.support import get_tiny
 
 TOKENS = list(range(100, 128))  # 28 positions
@@ -49,6 +50,7 @@ def test_info_describes_the_model(backend):
         cfg.vocab_size,
     )
     assert backend.eos_ids == frozenset({2})
+    assert backend.vocab_size == cfg.vocab_size
 
 
 def test_prove_shape_is_boundaries_by_positions_by_hidden(backend, states):
@@ -146,12 +148,49 @@ def test_generation_stops_at_max_new_tokens(backend, max_new_tokens):
     assert len(out) == max_new_tokens
 
 
+class EosBackend(TorchBackend):
+    """The same model with other end-of-sequence ids."""
+
+    def __init__(self, model, eos_ids: frozenset[int]) -> None:
+        super().__init__(model)
+        self._declared_eos = eos_ids
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return self._declared_eos
+
+
 def test_generation_stops_right_after_eos_and_keeps_it(backend):
     params = SamplingParams(max_new_tokens=6)
     first = backend.generate(PROMPT, params, SEED)[0]
     # The same model with that first token declared as EOS.
-    eos_backend = TorchBackend(backend.model)
-    eos_backend.eos_ids = frozenset({first})
+    eos_backend = EosBackend(backend.model, frozenset({first}))
+    assert eos_backend.eos_ids == frozenset({first})
     assert eos_backend.generate(PROMPT, params, SEED) == [first]
     no_stop = dataclasses.replace(params, stop_at_eos=False)
     assert len(eos_backend.generate(PROMPT, no_stop, SEED)) == 6
+
+
+def test_sampler_margin_is_the_sampler_margin_of_the_final_logits(backend, states):
+    # [SAMPLE.5] from the last boundary: 0 for the generated tokens, > 0 for another one.
+    params = SamplingParams(temperature=1.0, top_k=50, max_new_tokens=8)
+    request = InferenceRequest(
+        network_id="n",
+        request_id=b"\x03" * 16,
+        epoch=0,
+        model_id=ModelId(b"\x00" * 32),
+        prompt_tokens=tuple(PROMPT),
+        sampling=params,
+        f=1,
+        layers_per_verifier=2,
+        validator_set_digest=Digest(b"\x00" * 32),
+    )
+    out = backend.generate(PROMPT, params, request.sampling_seed())
+    last = backend.prove(PROMPT + out)[-1]
+    logits = backend.final_logits(last)
+    for i, tok in enumerate(out):
+        p = len(PROMPT) + i
+        margin = backend.sampler_margin(last[p - 1 : p], request, p, tok)
+        want = compute_sampler_margin(logits[p - 1], params, request.sampling_seed(), p, tok)
+        assert margin == want == 0.0, i
+        assert backend.sampler_margin(last[p - 1 : p], request, p, (tok + 1) % 49152) > 0.1

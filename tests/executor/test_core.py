@@ -16,7 +16,6 @@ from bft.errors import Malformed, NotFound, Reject
 from bft.messages import InferenceRequest, SamplingParams, TileRef, Verdict
 from bft.receipt import check_receipt
 from bft.types import Digest, ModelId
-from executor.byzantine import MODES, make_byzantine_executor
 from executor.core import ExecutorCore, compute_tiles
 from merkle.tiles import compute_leaf_index, decode_tile
 from merkle.tree import ActivationTree, check_inclusion
@@ -111,6 +110,7 @@ def test_openings_are_signed_and_prove_each_requested_tile(net, run):
     assert is_valid_signature(c.executor_key, resp.signing_root(), resp.signature)
     assert (resp.network_id, resp.commitment_digest) == (NETWORK_ID, run.signed.digest)
     assert tuple(o.tile for o in resp.openings) == tiles
+    assert resp.commitment == run.signed  # [OPEN.4]: the signed root travels with its openings
     for o in resp.openings:
         assert o.proof.leaf_index == compute_leaf_index(o.tile.boundary, o.tile.chunk, 4)
         check_inclusion(c.merkle_root, c.num_leaves, o.leaf, o.proof)
@@ -163,21 +163,6 @@ def test_honest_executor_gets_accept_from_all_four_verifiers(net, run):
     check_receipt(build_receipt(run.tally, net.validators), trusted_validators=net.validators)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_invalid_byzantine_executor_is_signed_but_rejected(net, mode):
-    key = make_key(f"byzantine-{mode}")
-    ex = make_byzantine_executor(mode, key, net.lm.model, net.lm.model_id, NETWORK_ID, CHUNK_SIZE)
-    run = net.run(request_of(net, 100 + MODES.index(mode)), ex)  # checks the commitment too
-    run.signed.check()  # validly signed: the lie is in the numbers, not the envelope
-    assert [v.verdict for v in run.votes] == [Verdict.REJECT] * 4, [v.reason for v in run.votes]
-    assert get_outcome(run.tally) is Outcome.REJECTED
-
-
-def test_invalid_unknown_byzantine_mode(net):
-    with pytest.raises(ValueError):
-        make_byzantine_executor("polite", make_key("x"), net.lm.model, net.lm.model_id, "n", 8)
-
-
 class OneLayerLiar(ExecutorCore):
     """Commits honest states except at one boundary, shifted by a constant."""
 
@@ -197,7 +182,7 @@ def test_invalid_one_boundary_lie_is_caught_by_exactly_the_verifiers_sampling_it
     for n in range(200, 204):
         run = net.run(request_of(net, n), ex)
         for vote in run.votes:
-            layers = {lc.layer for lc in run.tickets[vote.verifier_key].challenge.layers}
+            layers = {lc.layer for lc in run.sessions[vote.verifier_key].challenge.layers}
             exposed = bool(layers & {OneLayerLiar.boundary, OneLayerLiar.boundary + 1})
             assert vote.verdict is (Verdict.REJECT if exposed else Verdict.ACCEPT), layers
             seen.add(exposed)

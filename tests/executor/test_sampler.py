@@ -1,4 +1,4 @@
-"""The protocol's seeded sampler. [SAMPLE.2]-[SAMPLE.3]"""
+"""The protocol's seeded sampler and its margin. [SAMPLE.2]-[SAMPLE.3], [SAMPLE.5]"""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from executor.sampler import (
     compute_allowed,
     compute_gumbel_noise,
     compute_position_key,
+    compute_sampler_margin,
     sample_token,
 )
 from tests.stats import chi2_critical, chi2_sf, chi2_statistic
+from tests.support import get_tiny
 
 SEED = hashlib.sha256(b"sampler-seed").digest()
 GREEDY = SamplingParams()
@@ -285,3 +287,114 @@ def test_tiny_positive_temperature_is_greedy_or_refused(temperature):
         except Malformed:
             continue
         assert sample_token(logits, params, SEED, 0) == 1
+        assert compute_sampler_margin(logits, params, SEED, 0, 1) == 0.0
+
+
+# --- [SAMPLE.5] the sampler margin
+
+OTHER_SEED = hashlib.sha256(b"not-the-request-seed").digest()
+_temperatures = st.floats(0.05, 10)
+_top_k = st.integers(0, 50)
+_top_p = st.floats(0.01, 1.0)
+
+
+@settings(max_examples=200)
+@given(logit_vectors, _temperatures, _top_k, _top_p, st.integers(0, 1000))
+def test_margin_of_the_samplers_choice_is_zero(logits, temperature, top_k, top_p, position):
+    for params in (
+        GREEDY,
+        SamplingParams(temperature=temperature),
+        SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
+    ):
+        tok = sample_token(logits, params, SEED, position)
+        assert compute_sampler_margin(logits, params, SEED, position, tok) == 0.0
+
+
+@given(logit_vectors, st.integers(0, 1000))
+def test_greedy_margin_is_the_logit_gap_to_the_maximum(logits, position):
+    for tok in range(len(logits)):
+        margin = compute_sampler_margin(logits, GREEDY, SEED, position, tok)
+        assert margin == logits.max() - logits[tok]
+
+
+@settings(max_examples=200)
+@given(
+    logit_vectors,
+    _temperatures,
+    _top_k,
+    st.integers(0, 1000),
+    st.integers(0, 2**32 - 1),
+)
+def test_margin_stays_small_under_tiny_logit_noise(logits, temperature, top_k, position, noise):
+    # The verifier recomputes logits that differ from the executor's by rounding; a margin
+    # of honest noise must stay far below any threshold. Noise of 1e-6 per logit moves a
+    # Gumbel-max score gap by at most 2e-6 / T, i.e. the margin by 2e-6.
+    noisy = logits + np.random.default_rng(noise).uniform(-1e-6, 1e-6, logits.shape)
+    for params in (
+        GREEDY,
+        SamplingParams(temperature=temperature),
+        SamplingParams(temperature=temperature, top_k=top_k),
+    ):
+        tok = sample_token(logits, params, SEED, position)
+        assert compute_sampler_margin(noisy, params, SEED, position, tok) < 1e-3
+
+
+def test_margin_stays_small_under_tiny_logit_noise_at_the_top_p_edge():
+    # Token 1 is the last one inside the nucleus: the mass before it (p0) is just below top_p.
+    # 1e-6 of honest logit noise pushes p0 over top_p and drops token 1 from the nucleus; its
+    # margin must still reflect that tiny change, not the whole logit gap to token 0.
+    logits = np.array([0.0, -1.0])
+    p0 = float(softmax(logits)[0])
+    params = SamplingParams(temperature=1.0, top_p=p0 + 1e-9)
+    position = next(p for p in range(100) if sample_token(logits, params, SEED, p) == 1)
+    assert compute_sampler_margin(logits, params, SEED, position, 1) == 0.0
+    noisy = logits + np.array([1e-6, 0.0])
+    assert compute_sampler_margin(noisy, params, SEED, position, 1) < 1e-3
+
+
+def test_margin_of_a_token_outside_the_vocabulary_is_infinite():
+    logits = np.array([0.5, 0.25, -1.0])
+    for tok in (-1, 3):
+        assert compute_sampler_margin(logits, GREEDY, SEED, 0, tok) == math.inf
+
+
+def test_margin_of_a_token_filtered_out_adds_its_gap_to_the_nucleus():
+    # top_k = 1 keeps token 2 only; token 0 is 1.5 below it, scaled by T and added to its score
+    # gap, so the margin is at least T * 1.5 / T.
+    logits = np.array([0.5, -1.0, 2.0])
+    params = SamplingParams(temperature=0.5, top_k=1)
+    assert compute_sampler_margin(logits, params, SEED, 3, 2) == 0.0
+    assert compute_sampler_margin(logits, params, SEED, 3, 0) >= 1.5
+
+
+@pytest.fixture(scope="module")
+def tiny_logits() -> np.ndarray:
+    """Return the tiny model's next-token logits after each of 32 positions."""
+    backend = get_tiny()[1]
+    return backend.final_logits(backend.prove(list(range(100, 132)))[-1])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GREEDY,
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_k=50, top_p=0.9),
+        SamplingParams(temperature=1.5, top_p=0.95),
+    ],
+    ids=["greedy", "T=1", "T=0.7,top_k=50,top_p=0.9", "T=1.5,top_p=0.95"],
+)
+def test_margin_on_the_tiny_model_separates_the_choice_from_other_tokens(tiny_logits, params):
+    positions = range(1, len(tiny_logits) + 1)  # logits row p - 1 gives the token at p
+    wrong_seed = []
+    for p in positions:
+        x = tiny_logits[p - 1]
+        tok = sample_token(x, params, SEED, p)
+        assert compute_sampler_margin(x, params, SEED, p, tok) == 0.0
+        assert compute_sampler_margin(x, params, SEED, p, (tok + 1) % len(x)) > 0.1
+        other = sample_token(x, params, OTHER_SEED, p)
+        wrong_seed.append(compute_sampler_margin(x, params, SEED, p, other))
+    if params.temperature > 0:  # a token drawn with another seed is caught on most positions
+        assert sum(m > 0.1 for m in wrong_seed) >= 0.9 * len(wrong_seed)
+    else:  # greedy ignores the seed
+        assert wrong_seed == [0.0] * len(wrong_seed)

@@ -13,12 +13,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bft.errors import Malformed
-from bft.messages import MAX_LAYERS, MAX_LEAVES, SamplingParams
+from bft.messages import (
+    MAX_LAYERS,
+    MAX_LEAVES,
+    Evidence,
+    EvidenceCheck,
+    SamplingParams,
+    Verdict,
+)
 from bft.receipt import check_receipt
 from merkle.tree import MAX_PROOF_STEPS
 from proto import convert
 from proto import verihive_pb2 as pb
-from tests.support import Run, get_honest_run, get_receipt
+from tests.support import (
+    Run,
+    get_honest_run,
+    get_network,
+    get_receipt,
+    resign_commitment,
+    resign_vote,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +68,157 @@ def test_vote_round_trip(run):
 
 def test_opening_response_round_trip(run):
     for response in run.responses.values():
-        back = convert.opening_response_from_pb(wire(convert.opening_response_to_pb(response)))
-        assert back == response
-        assert back.signing_root() == response.signing_root()
+        assert response.commitment == run.signed
+        for r in (response, dataclasses.replace(response, commitment=None)):
+            back = convert.opening_response_from_pb(wire(convert.opening_response_to_pb(r)))
+            assert back == r
+            assert back.signing_root() == r.signing_root()
+
+
+def test_vote_round_trip_keeps_sampler_checks_and_escalation(run):
+    for vote in run.votes:
+        assert vote.sampler_checks  # m = 4 positions per verifier
+        back = convert.vote_from_pb(wire(convert.vote_to_pb(vote)))
+        assert back.sampler_checks == vote.sampler_checks and back.escalated is False
+    escalated = resign(run.votes[0], escalated=True)
+    back = convert.vote_from_pb(wire(convert.vote_to_pb(escalated)))
+    assert back == escalated and back.escalated
+    back.check()
+
+
+def resign(vote, **changes):
+    return resign_vote(vote, get_network().key_of(vote.verifier_key), **changes)
+
+
+def evidences(run: Run) -> list[Evidence]:
+    """Return evidence of every check kind, with and without openings and a second commitment."""
+    net = get_network()
+    response = next(iter(run.responses.values()))
+    other = resign_commitment(
+        run.signed, net.executor_key, tokens=(*run.signed.commitment.tokens[:-1], 5)
+    )
+    out = []
+    for check in EvidenceCheck:
+        base = Evidence(
+            check,
+            run.request,
+            run.signed,
+            layer=3,
+            position=25,
+            measured=0.25,
+            detail=f"{check.value} claim",
+        )
+        out += [
+            base,
+            dataclasses.replace(base, response=response),
+            dataclasses.replace(base, response=dataclasses.replace(response, commitment=None)),
+            dataclasses.replace(base, other=other),
+            dataclasses.replace(base, response=response, other=other, measured=0.0, detail=""),
+        ]
+    return out
+
+
+def test_evidence_round_trip(run):
+    for evidence in evidences(run):
+        back = convert.evidence_from_pb(wire(convert.evidence_to_pb(evidence)))
+        assert back == evidence
+        assert back.digest() == evidence.digest()
+
+
+def test_reject_vote_round_trip_keeps_its_evidence(run):
+    vote = run.votes[0]
+    for evidence in evidences(run)[::4]:
+        reject = resign(vote, verdict=Verdict.REJECT, reason="r", evidence=evidence)
+        back = convert.vote_from_pb(wire(convert.vote_to_pb(reject)))
+        assert back == reject
+        back.check()  # the vote's signature covers the evidence digest
+
+
+def evidence_pb(run: Run) -> pb.Evidence:
+    evidence = Evidence(
+        EvidenceCheck.LAYER,
+        run.request,
+        run.signed,
+        next(iter(run.responses.values())),
+        layer=2,
+        measured=0.5,
+    )
+    return convert.evidence_to_pb(evidence)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: setattr(m, "check", 0),
+        lambda m: setattr(m, "check", 8),
+        lambda m: setattr(m, "measured", math.nan),
+        lambda m: setattr(m, "measured", math.inf),
+        lambda m: setattr(m, "measured", -math.inf),
+        lambda m: m.ClearField("request"),
+        lambda m: m.ClearField("commitment"),
+        lambda m: setattr(m, "detail", "d" * 1025),
+        lambda m: setattr(m.request, "request_id", b"short"),
+        lambda m: setattr(m.commitment.commitment, "num_leaves", 3),
+        lambda m: m.response.openings[0].ClearField("proof"),
+        lambda m: setattr(m.response.commitment.commitment, "merkle_root", b"\x00"),
+        lambda m: m.other.CopyFrom(pb.SignedCommitment()),
+    ],
+    ids=[
+        "unspecified-check",
+        "unknown-check",
+        "nan-measured",
+        "inf-measured",
+        "minus-inf-measured",
+        "no-request",
+        "no-commitment",
+        "long-detail",
+        "bad-request",
+        "bad-commitment",
+        "bad-response",
+        "bad-response-commitment",
+        "empty-other",
+    ],
+)
+def test_invalid_evidence(run, mutate):
+    m = evidence_pb(run)
+    mutate(m)
+    with pytest.raises(Malformed):
+        convert.evidence_from_pb(wire(m))
+
+
+def test_evidence_detail_bound_is_inclusive(run):
+    m = evidence_pb(run)
+    m.detail = "d" * 1024
+    assert convert.evidence_from_pb(wire(m)).detail == "d" * 1024
+
+
+def test_invalid_vote_evidence_without_reject(run):
+    # [VOTE.3]: REJECT iff evidence, also on the wire.
+    vote = run.votes[0]
+    m = convert.vote_to_pb(vote)
+    m.evidence.CopyFrom(evidence_pb(run))
+    with pytest.raises(Malformed, match="evidence"):
+        convert.vote_from_pb(wire(m))
+    m = convert.vote_to_pb(vote)
+    m.verdict = pb.REJECT
+    with pytest.raises(Malformed, match="evidence"):
+        convert.vote_from_pb(wire(m))
+
+
+def test_invalid_vote_with_malformed_evidence(run):
+    reject = resign(run.votes[0], verdict=Verdict.REJECT, evidence=evidences(run)[1])
+    m = convert.vote_to_pb(reject)
+    m.evidence.measured = math.nan
+    with pytest.raises(Malformed):
+        convert.vote_from_pb(wire(m))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.5])
+def test_invalid_vote_sampler_margin(run, value):
+    m = convert.vote_to_pb(run.votes[0])
+    m.sampler_checks[1].margin = value
+    with pytest.raises(Malformed):
+        convert.vote_from_pb(m)
 
 
 def test_receipt_round_trip_still_checks():
