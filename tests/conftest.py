@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from executor.model import LoadedModel, load_smollm2, load_tiny
+from tests.support import Network, Run, get_honest_run, get_network
 
 # One intra-op thread: on a 2-core CI box, torch's threads plus the gRPC servers' threads
 # oversubscribe the cores (a tiny matmul was measured 1000x slower under contention), and the
@@ -23,3 +24,15 @@ def tiny() -> LoadedModel:
 def smollm2() -> LoadedModel:
     """Return SmolLM2-135M-Instruct (float32)."""
     return load_smollm2()
+
+
+@pytest.fixture(scope="session")
+def net() -> Network:
+    """Return the deterministic in-process network of tests.support (6 validators, tiny model)."""
+    return get_network()
+
+
+@pytest.fixture(scope="session")
+def run() -> Run:
+    """Return one honest, certified run on ``net``."""
+    return get_honest_run()

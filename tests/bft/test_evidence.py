@@ -24,7 +24,6 @@ from tests.support import (
     NETWORK_ID,
     Network,
     Run,
-    get_honest_run,
     get_network,
     make_key,
     resign_commitment,
@@ -34,16 +33,6 @@ from tests.support import (
 
 EOS = 2  # the tiny model's end-of-sequence id
 MODEL_CHECKS = frozenset(EvidenceCheck) - MODEL_FREE_CHECKS
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return get_network()
-
-
-@pytest.fixture(scope="module")
-def run() -> Run:
-    return get_honest_run()
 
 
 @pytest.fixture(scope="module")

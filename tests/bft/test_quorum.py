@@ -53,16 +53,6 @@ from tests.support import (
 )
 
 
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return get_network()
-
-
-@pytest.fixture(scope="module")
-def run() -> Run:
-    return get_honest_run()
-
-
 def committee_of(run: Run):
     return run.tally.committee
 

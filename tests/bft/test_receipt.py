@@ -23,20 +23,13 @@ from bft.types import Digest
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from tests.support import (
-    Network,
     get_honest_run,
-    get_network,
     get_receipt,
     make_key,
     resign_commitment,
     resign_vote,
     verify,
 )
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return get_network()
 
 
 @pytest.fixture(scope="module")

@@ -39,23 +39,11 @@ from tests.support import (
     SAMPLING,
     Network,
     Run,
-    get_honest_run,
-    get_network,
     make_key,
     resign_commitment,
     resign_response,
     verify,
 )
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return get_network()
-
-
-@pytest.fixture(scope="module")
-def run() -> Run:
-    return get_honest_run()
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,10 @@ from executor.byzantine import (
     make_byzantine_executor,
 )
 from executor.core import ExecutorCore
-from tests.support import CHUNK_SIZE, NETWORK_ID, SAMPLING, Network, Run, get_network, make_key
+from tests.support import CHUNK_SIZE, NETWORK_ID, SAMPLING, Network, Run, make_key
 
 REQUESTS = 2  # per mode; each is a fresh request id
 EVERYTHING = {"layers_per_verifier": 4, "positions_per_verifier": SAMPLING.max_new_tokens}
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return get_network()
 
 
 @pytest.fixture(scope="module")

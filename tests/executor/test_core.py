@@ -24,21 +24,8 @@ from tests.support import (
     NETWORK_ID,
     PROMPT,
     Network,
-    Run,
-    get_honest_run,
-    get_network,
     make_key,
 )
-
-
-@pytest.fixture(scope="module")
-def net() -> Network:
-    return get_network()
-
-
-@pytest.fixture(scope="module")
-def run() -> Run:
-    return get_honest_run()
 
 
 def request_of(net: Network, n: int) -> InferenceRequest:

@@ -27,17 +27,11 @@ from proto import convert
 from proto import verihive_pb2 as pb
 from tests.support import (
     Run,
-    get_honest_run,
     get_network,
     get_receipt,
     resign_commitment,
     resign_vote,
 )
-
-
-@pytest.fixture(scope="module")
-def run() -> Run:
-    return get_honest_run()
 
 
 def wire(message):
