@@ -2,8 +2,8 @@
 
 For each mode in ``executor.byzantine.MODES``: ``--requests`` requests with the default policy
 (k = 2 layers and m = 4 sampler positions per verifier, committee of n = 4, f = 1), SmolLM2,
-temperature 0.7, 16 output tokens (fixed length), run through the real protocol cores (the
-gRPC path is covered by the tests). A request is *caught* when it gets no certificate.
+temperature 0.7, 8 output tokens (fixed length; ``--tokens``), run through the real protocol
+cores (the gRPC path is covered by the tests). A request is *caught* when it gets no certificate.
 
 For partial cheats each request also gets the model's catch probability, from ground truth
 measured on the committed states: a lie on the layer set S escapes one verifier with
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,8 +54,9 @@ from executor.model import load_smollm2
 from executor.thresholds import load_thresholds
 from merkle.tiles import HEADER_SIZE
 
+RESULT_PATH = Path(__file__).resolve().parent / "results" / "detection.json"
 NETWORK = "detection"
-SAMPLING = SamplingParams(temperature=0.7, max_new_tokens=16, stop_at_eos=False)
+SAMPLING = SamplingParams(temperature=0.7, max_new_tokens=8, stop_at_eos=False)
 
 
 class Harness:
@@ -193,7 +196,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--honest", type=int, default=1000)
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--tokens", type=int, default=SAMPLING.max_new_tokens, help="output tokens")
     args = p.parse_args()
+    sampling = dataclasses.replace(SAMPLING, max_new_tokens=args.tokens)
     h = Harness()
     start = time.time()
     rows = []
@@ -210,7 +215,7 @@ def main() -> None:
         caught, predicted, checks = 0, [], {}
         t0 = time.time()
         for i in range(args.requests):
-            request = h.request(i)
+            request = h.request(i, sampling)
             certified, votes, signed = h.run(ex, request)
             caught += not certified
             for v in votes:
@@ -237,13 +242,17 @@ def main() -> None:
         extra = f" predicted {row['predicted']:.3f} z {row['z']:+.2f}" if predicted else ""
         print(f"{mode:20s} caught {caught:3d}/{n} ({caught / n:.3f}){extra}  {checks}", flush=True)
         del ex
+    modes_run = [m for m in args.modes.split(",") if m]
+    if not modes_run and RESULT_PATH.exists():  # an honest-only run keeps the measured modes
+        previous = json.loads(RESULT_PATH.read_text())
+        rows, sampling = previous["modes"], SamplingParams(**previous["sampling"])
     honest = run_honest(h, args.honest)
     write_results(
         "detection",
         {
             "machine": describe_machine(),
             "model": h.loaded.name,
-            "sampling": dataclasses.asdict(SAMPLING),
+            "sampling": dataclasses.asdict(sampling),
             "policy": {"k": 2, "m": 4, "n": 4, "f": 1},
             "thresholds": {
                 name: dataclasses.asdict(band)
