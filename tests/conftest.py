@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from executor.model import LoadedModel, load_smollm2, load_tiny
 from tests.support import Network, Run, get_honest_run, get_network
@@ -12,6 +15,11 @@ from tests.support import Network, Run, get_honest_run, get_network
 # oversubscribe the cores (a tiny matmul was measured 1000x slower under contention), and the
 # calibration shows 1 and 2 threads compute bit-identical results (docs/calibration.md).
 torch.set_num_threads(1)
+
+# CI replays the same examples on every run; local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

@@ -169,7 +169,7 @@ def test_top_k_1_with_distinct_logits_is_the_logit_argmax():
 )
 def test_sample_stays_inside_top_k_and_nucleus(logits, temperature, top_k, top_p, position):
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    scaled = logits / temperature
+    scaled = (logits - logits.max()) / temperature  # [SAMPLE.3]: shift, then scale
     tok = sample_token(logits, params, SEED, position)
     allowed = compute_allowed(scaled, params)
     assert allowed[tok]
