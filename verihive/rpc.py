@@ -89,7 +89,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}"
             except ProtocolError as exc:
                 code, message = compute_status(exc), f"{type(exc).__name__}: {exc}"
-            except Exception:
+            except Exception:  # our own bug, never peer input: full traceback, INTERNAL, serve on
                 log.exception("internal error in %s", method)
                 code, message = grpc.StatusCode.INTERNAL, "internal error"
             RPC_ERRORS.labels(method=method, code=code.name).inc()
