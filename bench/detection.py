@@ -46,7 +46,7 @@ from bft.assembler import (
 from bft.crypto import SigningKey
 from bft.errors import ProtocolError
 from bft.messages import InferenceRequest, SamplingParams, Vote
-from bft.verifier import Session, VerifierCore
+from bft.verifier import VerifierCore
 from executor.backend import TorchBackend
 from executor.byzantine import MODES, PARTIAL_MODES, make_byzantine_executor
 from executor.core import ExecutorCore
@@ -114,15 +114,9 @@ class Harness:
         tally = compute_tally(request, signed, self.validators)
         votes = []
         for pk in tally.committee:
-            verifier = self.verifiers[pk]
-            result: Session | Vote = verifier.start(request, signed)
-            while isinstance(result, Session):
-                try:
-                    response = ex.on_open(signed.digest, result.challenge.required_tiles())
-                except ProtocolError as exc:
-                    result = verifier.on_unavailable(result, str(exc))
-                    break
-                result = verifier.on_openings(result, response)
+            result = self.verifiers[pk].run(
+                request, signed, lambda s: ex.on_open(signed.digest, s.challenge.required_tiles())
+            )
             votes.append(result)
             tally = process_vote(tally, result)
         return get_final_outcome(tally) is Outcome.CERTIFIED, votes, signed

@@ -8,7 +8,7 @@ The model is injected as a :class:`LayerModel`, so this module holds no torch co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -330,6 +330,26 @@ class VerifierCore:
             evidence=evidence,
         )
         return replace(unsigned, signature=self.key.sign(unsigned.signing_root()))
+
+    def run(
+        self,
+        request: InferenceRequest,
+        signed: SignedCommitment,
+        fetch: Callable[[Session], OpeningResponse],
+    ) -> Vote:
+        """Verify ``signed`` end to end; ``fetch`` serves a session's openings. [VERIFY.2]
+
+        ``fetch`` raises :class:`ProtocolError` when the openings cannot be had: that is an
+        UNAVAILABLE vote. The loop runs at most twice (the base and the escalated challenge).
+        """
+        result = self.start(request, signed)
+        while isinstance(result, Session):
+            try:
+                response = fetch(result)
+            except ProtocolError as exc:
+                return self.on_unavailable(result, f"openings not served: {exc}")
+            result = self.on_openings(result, response)
+        return result
 
     def on_unavailable(self, session: Session, why: str) -> Vote:
         """Return the UNAVAILABLE vote for openings not served. [VERIFY.5]"""

@@ -7,7 +7,8 @@ import threading
 
 import grpc
 
-from bft.errors import Malformed, ProtocolError
+from bft.errors import Malformed, Unavailable
+from bft.messages import OpeningResponse
 from bft.types import DIGEST_SIZE, Digest
 from bft.verifier import Session, VerifierCore
 from executor.core import ExecutorCore
@@ -81,24 +82,22 @@ class VerifierService(pb_grpc.VerifierServicer):
         req = convert.request_from_pb(request.request)
         signed = convert.commitment_from_pb(request.commitment)
         address = check_address(request.executor_address)
-        result = self.core.start(req, signed)  # raises on a bad executor signature
-        while isinstance(result, Session):  # at most twice: the base and the escalated challenge
+        stub = pb_grpc.ExecutorStub(self._channel(address))
+
+        def fetch(session: Session) -> OpeningResponse:
+            tiles = session.challenge.required_tiles()
             open_request = pb.OpenRequest(
-                commitment_digest=signed.digest,
-                tiles=[convert.tile_to_pb(t) for t in result.challenge.required_tiles()],
+                commitment_digest=signed.digest, tiles=[convert.tile_to_pb(t) for t in tiles]
             )
             try:
-                stub = pb_grpc.ExecutorStub(self._channel(address))
                 raw = stub.Open(open_request, timeout=OPEN_TIMEOUT_S)
-                response = convert.opening_response_from_pb(raw)
-            except (grpc.RpcError, ProtocolError) as exc:
-                detail = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc)
-                log.info("openings unavailable from %s: %s", address, detail)
-                return convert.vote_to_pb(
-                    self.core.on_unavailable(result, f"openings not served: {detail}")
-                )
-            result = self.core.on_openings(result, response)
-        return convert.vote_to_pb(result)
+            except grpc.RpcError as exc:
+                log.info("openings unavailable from %s: %s", address, exc.code().name)
+                raise Unavailable(exc.code().name) from exc
+            return convert.opening_response_from_pb(raw)
+
+        # start() inside run() raises on a bad executor signature: no vote at all.
+        return convert.vote_to_pb(self.core.run(req, signed, fetch))
 
     def _channel(self, address: str) -> grpc.Channel:
         with self._lock:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bft.challenge import compute_commitment_challenge
-from bft.errors import BadSignature, Ignore, Malformed, Reject
+from bft.errors import BadSignature, Ignore, Malformed, Reject, Unavailable
 from bft.messages import (
     EvidenceCheck,
     OpeningResponse,
@@ -634,3 +634,19 @@ def test_invalid_lie_found_by_the_escalated_challenge_gets_reject(net, grey):
     assert vote.evidence.layer in (2, 3)
     assert vote.evidence.response == v.responses[-1]
     check_vote(vote, request, signed, (verifier.key.public_key,))
+
+
+def test_run_drives_a_session_to_a_vote(net, run):
+    member = run.tally.committee[0]
+    verifier = net.verifiers[member]
+
+    def fetch(session):
+        return net.executor.on_open(run.signed.digest, session.challenge.required_tiles())
+
+    assert verifier.run(run.request, run.signed, fetch).verdict is Verdict.ACCEPT
+
+    def refuse(session):
+        raise Unavailable("down")
+
+    vote = verifier.run(run.request, run.signed, refuse)
+    assert vote.verdict is Verdict.UNAVAILABLE and "openings not served: down" in vote.reason
