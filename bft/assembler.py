@@ -19,6 +19,9 @@ from bft.quorum import check_vote
 from bft.receipt import Receipt
 from bft.types import ModelId, NodeId, PublicKey
 
+DEFAULT_SEQUENCE_CHECK_PPM = 100_000
+"""q = 0.1: a verifier runs the whole-sequence sketch check on 1 request in 10."""
+
 
 @dataclass(frozen=True, slots=True)
 class AssemblerPolicy:
@@ -29,6 +32,7 @@ class AssemblerPolicy:
     layers_per_verifier: int = 2
     epoch: int = 0
     positions_per_verifier: int = 4
+    sequence_check_ppm: int = DEFAULT_SEQUENCE_CHECK_PPM
 
 
 class Outcome(enum.Enum):
@@ -60,6 +64,7 @@ def compute_request(
         layers_per_verifier=policy.layers_per_verifier,
         validator_set_digest=compute_validator_set_digest(policy.network_id, validators),
         positions_per_verifier=policy.positions_per_verifier,
+        sequence_check_ppm=policy.sequence_check_ppm,
     )
     request.validate()
     return request

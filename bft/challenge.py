@@ -40,6 +40,8 @@ class Challenge:
     positions: tuple[int, ...] = ()
     num_layers: int = 0
     chunk_size: int = 1
+    sequence_check: bool = False
+    """Whether this verifier also runs the whole-sequence sketch check. [SKETCH.4]"""
 
     def required_tiles(self) -> tuple[TileRef, ...]:
         """Return the tiles to open, sorted. [CHAL.3]
@@ -85,6 +87,16 @@ def compute_sample(seed: bytes, label: str, population: int, k: int) -> tuple[in
     return tuple(sorted(chosen))
 
 
+def draw_sequence_check(seed: bytes, sequence_check_ppm: int) -> bool:
+    """Return whether the challenge with ``seed`` includes the sketch check. [SKETCH.4]
+
+    ``u64(sha256(seed || "sequence")[:8]) * 10**6 < sequence_check_ppm * 2**64``: probability
+    ``sequence_check_ppm / 10**6``, unpredictable to the executor, rechecked by anyone.
+    """
+    x = int.from_bytes(sha256(seed + b"sequence")[:8], "big")
+    return x * 1_000_000 < sequence_check_ppm << 64
+
+
 def compute_challenge(
     challenge_signature: Signature,
     num_layers: int,
@@ -96,13 +108,15 @@ def compute_challenge(
     chunk_size: int = 1,
     positions_per_verifier: int = 0,
     escalated: bool = False,
+    sequence_check_ppm: int = 0,
 ) -> Challenge:
     """Return the challenge seeded by ``challenge_signature``. [CHAL.2], [CHAL.5]
 
     Samples ``k = layers_per_verifier`` distinct layers from ``1..num_layers`` (every chunk of a
     sampled layer is checked) and ``m = positions_per_verifier`` distinct output positions from
     ``prompt_len..num_tokens-1``. ``escalated`` doubles both; because the draws are sequential,
-    the escalated challenge contains the base one. [VERIFY.7]
+    the escalated challenge contains the base one. [VERIFY.7] The escalated challenge
+    always includes the whole-sequence sketch check. [SKETCH.4]
     """
     seed = compute_seed(challenge_signature)
     factor = 2 if escalated else 1
@@ -118,6 +132,7 @@ def compute_challenge(
         positions=tuple(prompt_len + o for o in offsets),
         num_layers=num_layers,
         chunk_size=chunk_size,
+        sequence_check=escalated or draw_sequence_check(seed, sequence_check_ppm),
     )
 
 
@@ -138,4 +153,5 @@ def compute_commitment_challenge(
         chunk_size=commitment.chunk_size,
         positions_per_verifier=request.positions_per_verifier,
         escalated=escalated,
+        sequence_check_ppm=request.sequence_check_ppm,
     )

@@ -1,7 +1,7 @@
 """Auditing evidence: does a REJECT's evidence prove misbehaviour? [EVID.1]-[EVID.4]
 
 Anyone can run :func:`audit_evidence`. Equivocation and bad openings need signatures and
-hashes only; commitment, length, embedding, layer and sampler claims need the model the
+hashes only; commitment, length, embedding, layer, sampler and sequence claims need the model the
 commitment names, and are re-measured with the auditor's own model and thresholds: the
 accuser's numbers are never trusted.
 """
@@ -25,8 +25,10 @@ from bft.verifier import (
     measure_embedding,
     measure_layer,
     measure_sampler,
+    measure_sequence,
     open_tiles,
 )
+from merkle.sketch import SketchError
 
 MODEL_FREE_CHECKS = frozenset({EvidenceCheck.EQUIVOCATION, EvidenceCheck.OPENING})
 
@@ -84,6 +86,8 @@ def audit_evidence(
         return _result(ev, problem is not None, problem or "commitment fits its request")
     if ev.check is not EvidenceCheck.OPENING:
         auditor = _require_model(auditor, ev)
+    if ev.check is EvidenceCheck.SEQUENCE:
+        return _audit_sequence(ev, _require_model(auditor, ev), thresholds or Thresholds())
     response = ev.response
     if response is None:
         return _result(ev, False, "claim needs the executor's signed openings")
@@ -126,6 +130,15 @@ def _audit_equivocation(ev: Evidence) -> AuditResult:
     if ev.signed.digest == other.digest:
         return _result(ev, False, "the two commitments are the same")
     return _result(ev, True, "one executor signed two different commitments for one request")
+
+
+def _audit_sequence(ev: Evidence, auditor: AuditModel, t: Thresholds) -> AuditResult:
+    try:
+        sq = measure_sequence(auditor.model, ev.signed)
+    except SketchError as exc:  # a malformed sketch is a commitment claim, not this one
+        return _result(ev, False, f"sketch cannot be checked: {exc}")
+    detail = f"sketch chunk {sq.chunk} mismatches on {sq.mismatch:.3g} of its top entries"
+    return _result(ev, sq.mismatch > t.sequence.reject_min, detail, sq.mismatch)
 
 
 def _audit_computation(

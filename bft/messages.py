@@ -24,6 +24,7 @@ from bft.types import (
     PublicKey,
     Signature,
 )
+from merkle.sketch import SketchCheck, SketchError, check_sketch_shape
 from merkle.tree import MerkleProof
 
 TAG_REQUEST = "verihive/request/v1"
@@ -43,6 +44,7 @@ MAX_VOCAB = 1 << 24
 MAX_LEAVES = 1 << 20
 MAX_F = 32
 MAX_STRING = 256
+PPM = 1_000_000
 
 
 def _check_len(value: bytes, size: int, what: str) -> None:
@@ -123,6 +125,8 @@ class InferenceRequest:
     layers_per_verifier: int
     validator_set_digest: Digest
     positions_per_verifier: int = 4
+    sequence_check_ppm: int = 0
+    """Chance, in parts per million, that a verifier also runs the sketch check. [SKETCH.4]"""
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems."""
@@ -144,6 +148,8 @@ class InferenceRequest:
             raise Malformed("positions_per_verifier out of range")
         if not 0 <= self.epoch < 1 << 63:
             raise Malformed("epoch out of range")
+        if not 0 <= self.sequence_check_ppm <= PPM:
+            raise Malformed(f"sequence_check_ppm must be in [0, {PPM}]")
 
     def digest(self) -> Digest:
         """Return the request digest that commitments and votes sign over."""
@@ -158,6 +164,7 @@ class InferenceRequest:
             .u64(self.layers_per_verifier)
             .bytes_(self.validator_set_digest)
             .u64(self.positions_per_verifier)
+            .u64(self.sequence_check_ppm)
             .build()
         )
         return compute_signing_root(TAG_REQUEST, self.network_id, body)
@@ -204,6 +211,8 @@ class Commitment:
     chunk_size: int
     merkle_root: Digest
     num_leaves: int
+    sketch: tuple[bytes, ...] = ()
+    """The whole-sequence sketch of the last boundary, one entry per 32 positions. [SKETCH.1]"""
 
     @property
     def executor_id(self) -> NodeId:
@@ -242,6 +251,10 @@ class Commitment:
             raise Malformed("num_leaves does not match layers and chunks")
         if self.num_leaves > MAX_LEAVES:
             raise Malformed("too many leaves")
+        try:
+            check_sketch_shape(self.sketch, len(self.tokens))
+        except SketchError as exc:
+            raise Malformed(str(exc)) from None
 
     def signing_root(self) -> Digest:
         """Return the digest the executor signs; also the commitment's identity."""
@@ -259,6 +272,7 @@ class Commitment:
             .u64(self.chunk_size)
             .bytes_(self.merkle_root)
             .u64(self.num_leaves)
+            .list_(self.sketch)
             .build()
         )
         return compute_signing_root(TAG_COMMITMENT, self.network_id, body)
@@ -386,6 +400,7 @@ class EvidenceCheck(enum.Enum):
     EMBEDDING = "embedding"  # boundary 0 is not the embedding of the committed tokens
     LAYER = "layer"  # a layer does not recompute
     SAMPLER = "sampler"  # a committed token is not the seeded sampler's choice
+    SEQUENCE = "sequence"  # the sketch does not match the committed tokens' last boundary
     EQUIVOCATION = "equivocation"  # two signed roots for one request
 
 
@@ -458,6 +473,8 @@ class Vote:
     """Whether the grey band made this verifier check the doubled challenge. [VERIFY.7]"""
     evidence: Evidence | None = None
     """Set on every REJECT. [EVID.1]"""
+    sequence_check: SketchCheck | None = None
+    """The whole-sequence sketch check, when the challenge drew it. [SKETCH.4]"""
 
     @property
     def verifier_id(self) -> NodeId:
@@ -495,6 +512,10 @@ class Vote:
             *(c.max_rel_error for c in self.layer_checks),
             *(c.margin for c in self.sampler_checks),
         ]
+        if self.sequence_check is not None:
+            values.append(self.sequence_check.mismatch)
+            if self.sequence_check.mismatch > 1 or not 0 <= self.sequence_check.chunk < 1 << 32:
+                raise Malformed("sequence check out of range")
         if not all(math.isfinite(v) and v >= 0 for v in values):
             raise Malformed("vote measurements must be finite and non-negative")
 
@@ -513,6 +534,7 @@ class Vote:
             .list_(c.encode() for c in self.sampler_checks)
             .bool_(self.escalated)
             .bytes_(self.evidence.digest() if self.evidence else b"")
+            .bytes_(_encode_sketch_check(self.sequence_check))
             .build()
         )
         return compute_signing_root(TAG_VOTE, self.network_id, body)
@@ -521,3 +543,9 @@ class Vote:
         """Raise unless well-formed and signed by ``verifier_key``."""
         self.validate()
         check_signature(self.verifier_key, self.signing_root(), self.signature, "vote")
+
+
+def _encode_sketch_check(check: SketchCheck | None) -> bytes:
+    if check is None:
+        return b""
+    return Canonical().u64(check.chunk).f64(check.mismatch).build()

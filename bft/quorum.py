@@ -54,6 +54,8 @@ def check_vote(
             raise Reject("ACCEPT vote does not report the layers its challenge selects")
         if tuple(sc.position for sc in vote.sampler_checks) != expected.positions:
             raise Reject("ACCEPT vote does not report the positions its challenge selects")
+        if (vote.sequence_check is not None) != expected.sequence_check:
+            raise Reject("ACCEPT vote does not report the sketch check its challenge selects")
     if vote.evidence is not None:
         ev = vote.evidence
         if ev.request.digest() != request.digest() or ev.signed.digest != signed.digest:

@@ -33,6 +33,13 @@ from bft.messages import (
     compute_challenge_message,
 )
 from bft.types import ModelId, Signature
+from merkle.sketch import (
+    SKETCH_CHUNK,
+    SketchCheck,
+    SketchError,
+    check_sketch_shape,
+    measure_sketch,
+)
 from merkle.tiles import compute_leaf_index, decode_tile
 from merkle.tree import check_inclusion
 
@@ -57,6 +64,10 @@ class LayerModel(Protocol):
 
     def embed(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return ``[len(tokens), H]`` embeddings."""
+        ...
+
+    def final_states(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Return the ``[len(tokens), H]`` last-boundary states of one prefill. [SKETCH.4]"""
         ...
 
     def run_layer(self, layer: int, hidden_in: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -96,6 +107,8 @@ class Thresholds:
     input, ``y`` the committed output, ``y'`` the recomputed output).
     ``embedding``: per-position ``|e' - e| / |e'|`` at boundary 0 (dimensionless).
     ``sampler``: sampler margin (logit units, [SAMPLE.5]).
+    ``sequence``: sketch mismatch, the largest per-chunk fraction of top entries whose committed
+    value does not match the recomputed one (dimensionless, in [0, 1], [SKETCH.4]).
     These built-in defaults are conservative round numbers for float32 on the CPU; nodes load
     the calibrated bands of their backend and dtype instead (``executor.thresholds``, written
     by ``bench/calibrate.py``, see docs/calibration.md).
@@ -104,6 +117,7 @@ class Thresholds:
     layer: Band = Band(1e-5, 1e-4)
     embedding: Band = Band(1e-6, 1e-5)
     sampler: Band = Band(1e-3, 5e-2)
+    sequence: Band = Band(0.05, 0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,7 @@ class Measurements:
     embedding_error: float
     layer_checks: tuple[LayerCheck, ...]
     sampler_checks: tuple[SamplerCheck, ...]
+    sequence: SketchCheck | None = None
 
 
 def compute_rel_errors(
@@ -217,6 +232,12 @@ def measure_layer(
         if errs[i] > worst:
             worst, worst_pos = float(errs[i]), lo + i
     return LayerCheck(layer=layer, chunks=chunks, max_rel_error=worst, worst_position=worst_pos)
+
+
+def measure_sequence(model: LayerModel, signed: SignedCommitment) -> SketchCheck:
+    """Recompute the last boundary with one prefill and compare it with the sketch. [SKETCH.4]"""
+    c = signed.commitment
+    return measure_sketch(model.final_states(c.tokens), c.sketch)
 
 
 def measure_sampler(
@@ -328,6 +349,7 @@ class VerifierCore:
             sampler_checks=m.sampler_checks,
             escalated=session.escalated,
             evidence=evidence,
+            sequence_check=m.sequence,
         )
         return replace(unsigned, signature=self.key.sign(unsigned.signing_root()))
 
@@ -415,7 +437,10 @@ class VerifierCore:
             measure_sampler(self.model, session.request, session.signed, p, tiles)
             for p in session.challenge.positions
         )
-        return Measurements(emb, layers, samplers)
+        sequence = None
+        if session.challenge.sequence_check:
+            sequence = measure_sequence(self.model, session.signed)
+        return Measurements(emb, layers, samplers, sequence)
 
     def decide(
         self, session: Session, response: OpeningResponse, m: Measurements
@@ -466,6 +491,18 @@ class VerifierCore:
                 detail=why,
             )
             findings.append((t.sampler.classify(sc.margin), ev, why))
+        if m.sequence is not None:
+            sq = m.sequence
+            why = f"sketch chunk {sq.chunk} mismatches on {sq.mismatch:.3g} of its top entries"
+            ev = Evidence(
+                EvidenceCheck.SEQUENCE,
+                req,
+                signed,
+                position=sq.chunk * SKETCH_CHUNK,
+                measured=sq.mismatch,
+                detail=why,
+            )
+            findings.append((t.sequence.classify(sq.mismatch), ev, why))
         rejects = [f for f in findings if f[0] == "reject"]
         if rejects:
             worst = max(rejects, key=lambda f: f[1].measured / _reject_scale(t, f[1].check))
@@ -479,9 +516,11 @@ class VerifierCore:
 
 
 def _reject_scale(t: Thresholds, check: EvidenceCheck) -> float:
-    band = {EvidenceCheck.LAYER: t.layer, EvidenceCheck.EMBEDDING: t.embedding}.get(
-        check, t.sampler
-    )
+    band = {
+        EvidenceCheck.LAYER: t.layer,
+        EvidenceCheck.EMBEDDING: t.embedding,
+        EvidenceCheck.SEQUENCE: t.sequence,
+    }.get(check, t.sampler)
     return max(band.reject_min, 1e-30)
 
 
@@ -504,5 +543,14 @@ def compute_commitment_problem(
         (c.num_layers != num_layers, "commitment has the wrong number of layers"),
         (c.hidden_size != hidden_size, "commitment has the wrong hidden size"),
         (c.dtype != "float32", f"dtype {c.dtype} is not checkable by this verifier"),
+        (_sketch_problem(c.sketch, len(c.tokens)), "sketch does not fit the committed tokens"),
     ]
     return next((why for bad, why in problems if bad), None)
+
+
+def _sketch_problem(sketch: tuple[bytes, ...], num_tokens: int) -> bool:
+    try:
+        check_sketch_shape(sketch, num_tokens)
+    except SketchError:
+        return True
+    return False

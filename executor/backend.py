@@ -119,6 +119,15 @@ class TorchBackend:
         return np.asarray(torch.stack(states).float().numpy(), dtype=np.float32)
 
     @torch.inference_mode()
+    def final_states(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Return the ``[T, H]`` boundary-L states of one prefill (the sketch check's input)."""
+        h = self.model.model.embed_tokens(torch.tensor([list(tokens)], dtype=torch.long))
+        mask, pos, rope = self._attention_inputs(h)
+        for layer in self.model.model.layers:
+            h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
+        return np.asarray(h[0].float().numpy(), dtype=np.float32)
+
+    @torch.inference_mode()
     def embed(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return the embedding rows of ``tokens``."""
         ids = torch.tensor(list(tokens), dtype=torch.long)

@@ -28,6 +28,7 @@ from bft.types import Digest, ModelId
 from executor.backend import TorchBackend
 from executor.core import CommittedRun, ExecutorCore
 from executor.model import build_random_model
+from merkle.sketch import compute_sketch
 
 WHOLE_RUN_MODES = (
     "int8-weights",
@@ -48,6 +49,7 @@ PARTIAL_MODES = (
     "selective",
     "wrong-sampler",
     "smart-tamper-tokens",
+    "bad-sketch",
 )
 MODES = WHOLE_RUN_MODES + PARTIAL_MODES
 
@@ -263,6 +265,18 @@ class EquivocateExecutor(ExecutorCore):
         return super().on_open(other, tiles)
 
 
+class BadSketchExecutor(ExecutorCore):
+    """Commits honest tiles but a sketch of the boundary before the last one.
+
+    Only the whole-sequence sketch check sees it, so it is caught when a verifier draws that
+    check (probability ``q`` per verifier) or escalates.
+    """
+
+    def compute_sketch(self, states: npt.NDArray[np.float32]) -> tuple[bytes, ...]:
+        """Return the sketch of boundary ``L - 1`` instead of ``L``."""
+        return compute_sketch(states[-2])
+
+
 class WithholdExecutor(ExecutorCore):
     """Never serves openings."""
 
@@ -321,6 +335,7 @@ def make_byzantine_executor(
         "bad-opening": BadOpeningExecutor,
         "equivocate": EquivocateExecutor,
         "withhold": WithholdExecutor,
+        "bad-sketch": BadSketchExecutor,
     }
     if mode in classes:
         return classes[mode](*args, backend=honest, **kw)

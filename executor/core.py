@@ -24,6 +24,7 @@ from bft.messages import (
 )
 from bft.types import Digest, ModelId, Signature
 from executor.backend import Backend
+from merkle.sketch import compute_sketch
 from merkle.tiles import compute_leaf_index, compute_num_chunks, encode_tile
 from merkle.tree import ActivationTree
 
@@ -126,6 +127,7 @@ class ExecutorCore:
             chunk_size=self.chunk_size,
             merkle_root=tree.root,
             num_leaves=tree.size,
+            sketch=self.compute_sketch(states),
         )
         signed = SignedCommitment(commitment, self.key.sign(commitment.signing_root()))
         with self._lock:
@@ -137,6 +139,10 @@ class ExecutorCore:
     def compute_states(self, tokens: list[int]) -> npt.NDArray[np.float32]:
         """Return the proving prefill's hidden states for ``tokens``."""
         return self.backend.prove(tokens)
+
+    def compute_sketch(self, states: npt.NDArray[np.float32]) -> tuple[bytes, ...]:
+        """Return the whole-sequence sketch of the last boundary. [SKETCH.1]"""
+        return compute_sketch(states[-1])
 
     def compute_committed_tokens(self, prompt: list[int], output: list[int]) -> list[int]:
         """Return the token sequence to commit to (honest: prompt followed by output)."""

@@ -30,6 +30,7 @@ from bft.messages import (
 )
 from bft.receipt import Receipt
 from bft.types import Digest, ModelId, PublicKey, Signature
+from merkle.sketch import SketchCheck
 from merkle.tree import MAX_PROOF_STEPS, MerkleProof, ProofStep
 from proto import verihive_pb2 as pb
 
@@ -85,6 +86,7 @@ def request_to_pb(r: InferenceRequest) -> pb.InferenceRequest:
         layers_per_verifier=r.layers_per_verifier,
         validator_set_digest=r.validator_set_digest,
         positions_per_verifier=r.positions_per_verifier,
+        sequence_check_ppm=r.sequence_check_ppm,
     )
 
 
@@ -102,6 +104,7 @@ def request_from_pb(m: pb.InferenceRequest) -> InferenceRequest:
         layers_per_verifier=m.layers_per_verifier,
         validator_set_digest=Digest(m.validator_set_digest),
         positions_per_verifier=m.positions_per_verifier,
+        sequence_check_ppm=m.sequence_check_ppm,
     )
     r.validate()
     return r
@@ -125,6 +128,7 @@ def commitment_to_pb(s: SignedCommitment) -> pb.SignedCommitment:
             chunk_size=c.chunk_size,
             merkle_root=c.merkle_root,
             num_leaves=c.num_leaves,
+            sketch=c.sketch,
         ),
         signature=s.signature,
     )
@@ -148,6 +152,7 @@ def commitment_from_pb(m: pb.SignedCommitment) -> SignedCommitment:
         chunk_size=c.chunk_size,
         merkle_root=Digest(c.merkle_root),
         num_leaves=c.num_leaves,
+        sketch=tuple(c.sketch),
     )
     commitment.validate()
     return SignedCommitment(commitment=commitment, signature=Signature(m.signature))
@@ -247,6 +252,11 @@ def vote_to_pb(v: Vote) -> pb.Vote:
         ],
         escalated=v.escalated,
         evidence=evidence_to_pb(v.evidence) if v.evidence else None,
+        sequence_check=(
+            pb.SequenceCheck(chunk=v.sequence_check.chunk, mismatch=v.sequence_check.mismatch)
+            if v.sequence_check
+            else None
+        ),
     )
 
 
@@ -283,6 +293,14 @@ def vote_from_pb(m: pb.Vote) -> Vote:
         ),
         escalated=m.escalated,
         evidence=evidence_from_pb(m.evidence) if m.HasField("evidence") else None,
+        sequence_check=(
+            SketchCheck(
+                chunk=m.sequence_check.chunk,
+                mismatch=_finite(m.sequence_check.mismatch, "mismatch"),
+            )
+            if m.HasField("sequence_check")
+            else None
+        ),
     )
     v.validate()
     return v
@@ -296,6 +314,7 @@ _CHECKS = {
     EvidenceCheck.LAYER: pb.CHECK_LAYER,
     EvidenceCheck.SAMPLER: pb.CHECK_SAMPLER,
     EvidenceCheck.EQUIVOCATION: pb.CHECK_EQUIVOCATION,
+    EvidenceCheck.SEQUENCE: pb.CHECK_SEQUENCE,
 }
 _CHECKS_BACK = {v: k for k, v in _CHECKS.items()}
 

@@ -54,6 +54,7 @@ class _EvidenceCheckEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evidenc
     CHECK_LAYER: _EvidenceCheck.ValueType  # 5
     CHECK_SAMPLER: _EvidenceCheck.ValueType  # 6
     CHECK_EQUIVOCATION: _EvidenceCheck.ValueType  # 7
+    CHECK_SEQUENCE: _EvidenceCheck.ValueType  # 8
 
 class EvidenceCheck(_EvidenceCheck, metaclass=_EvidenceCheckEnumTypeWrapper): ...
 
@@ -65,6 +66,7 @@ CHECK_EMBEDDING: EvidenceCheck.ValueType  # 4
 CHECK_LAYER: EvidenceCheck.ValueType  # 5
 CHECK_SAMPLER: EvidenceCheck.ValueType  # 6
 CHECK_EQUIVOCATION: EvidenceCheck.ValueType  # 7
+CHECK_SEQUENCE: EvidenceCheck.ValueType  # 8
 Global___EvidenceCheck: _TypeAlias = EvidenceCheck  # noqa: Y015
 
 @_typing.final
@@ -115,6 +117,7 @@ class InferenceRequest(_message.Message):
     LAYERS_PER_VERIFIER_FIELD_NUMBER: _builtins.int
     VALIDATOR_SET_DIGEST_FIELD_NUMBER: _builtins.int
     POSITIONS_PER_VERIFIER_FIELD_NUMBER: _builtins.int
+    SEQUENCE_CHECK_PPM_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     request_id: _builtins.bytes
     """16 bytes, chosen at random by the assembler"""
@@ -129,6 +132,8 @@ class InferenceRequest(_message.Message):
     """32 bytes"""
     positions_per_verifier: _builtins.int
     """m, sampler checks per verifier"""
+    sequence_check_ppm: _builtins.int
+    """q in parts per million: chance of the sketch check"""
     @_builtins.property
     def prompt_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -146,10 +151,11 @@ class InferenceRequest(_message.Message):
         layers_per_verifier: _builtins.int = ...,
         validator_set_digest: _builtins.bytes = ...,
         positions_per_verifier: _builtins.int = ...,
+        sequence_check_ppm: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "f", b"f", "layers_per_verifier", b"layers_per_verifier", "model_id", b"model_id", "network_id", b"network_id", "positions_per_verifier", b"positions_per_verifier", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "validator_set_digest", b"validator_set_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "f", b"f", "layers_per_verifier", b"layers_per_verifier", "model_id", b"model_id", "network_id", b"network_id", "positions_per_verifier", b"positions_per_verifier", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "sampling", b"sampling", "sequence_check_ppm", b"sequence_check_ppm", "validator_set_digest", b"validator_set_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -172,6 +178,7 @@ class Commitment(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     MERKLE_ROOT_FIELD_NUMBER: _builtins.int
     NUM_LEAVES_FIELD_NUMBER: _builtins.int
+    SKETCH_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     request_digest: _builtins.bytes
     model_id: _builtins.bytes
@@ -189,6 +196,10 @@ class Commitment(_message.Message):
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """prompt followed by output"""
 
+    @_builtins.property
+    def sketch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """one per 32 positions: <= 128 uint16 LE coefficients"""
+
     def __init__(
         self,
         *,
@@ -205,10 +216,11 @@ class Commitment(_message.Message):
         chunk_size: _builtins.int = ...,
         merkle_root: _builtins.bytes = ...,
         num_leaves: _builtins.int = ...,
+        sketch: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunk_size", b"chunk_size", "dtype", b"dtype", "executor_key", b"executor_key", "hidden_size", b"hidden_size", "merkle_root", b"merkle_root", "model_id", b"model_id", "network_id", b"network_id", "num_layers", b"num_layers", "num_leaves", b"num_leaves", "prompt_len", b"prompt_len", "request_digest", b"request_digest", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunk_size", b"chunk_size", "dtype", b"dtype", "executor_key", b"executor_key", "hidden_size", b"hidden_size", "merkle_root", b"merkle_root", "model_id", b"model_id", "network_id", b"network_id", "num_layers", b"num_layers", "num_leaves", b"num_leaves", "prompt_len", b"prompt_len", "request_digest", b"request_digest", "sketch", b"sketch", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,6 +517,32 @@ class Evidence(_message.Message):
 Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
 
 @_typing.final
+class SequenceCheck(_message.Message):
+    """The whole-sequence sketch check ([SKETCH.4]); absent when the challenge did not draw it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    MISMATCH_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.int
+    """the sketch chunk with the largest mismatch"""
+    mismatch: _builtins.float
+    """fraction of top entries that do not match, in [0, 1]"""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.int = ...,
+        mismatch: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "mismatch", b"mismatch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SequenceCheck: _TypeAlias = SequenceCheck  # noqa: Y015
+
+@_typing.final
 class Vote(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -521,6 +559,7 @@ class Vote(_message.Message):
     SAMPLER_CHECKS_FIELD_NUMBER: _builtins.int
     ESCALATED_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_CHECK_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     request_digest: _builtins.bytes
     commitment_digest: _builtins.bytes
@@ -539,6 +578,8 @@ class Vote(_message.Message):
     def evidence(self) -> Global___Evidence:
         """set on every REJECT"""
 
+    @_builtins.property
+    def sequence_check(self) -> Global___SequenceCheck: ...
     def __init__(
         self,
         *,
@@ -555,10 +596,11 @@ class Vote(_message.Message):
         sampler_checks: _abc.Iterable[Global___SamplerCheck] | None = ...,
         escalated: _builtins.bool = ...,
         evidence: Global___Evidence | None = ...,
+        sequence_check: Global___SequenceCheck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evidence", b"evidence", "sequence_check", b"sequence_check"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_signature", b"challenge_signature", "commitment_digest", b"commitment_digest", "embedding_max_error", b"embedding_max_error", "escalated", b"escalated", "evidence", b"evidence", "layer_checks", b"layer_checks", "network_id", b"network_id", "reason", b"reason", "request_digest", b"request_digest", "sampler_checks", b"sampler_checks", "signature", b"signature", "verdict", b"verdict", "verifier_key", b"verifier_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_signature", b"challenge_signature", "commitment_digest", b"commitment_digest", "embedding_max_error", b"embedding_max_error", "escalated", b"escalated", "evidence", b"evidence", "layer_checks", b"layer_checks", "network_id", b"network_id", "reason", b"reason", "request_digest", b"request_digest", "sampler_checks", b"sampler_checks", "sequence_check", b"sequence_check", "signature", b"signature", "verdict", b"verdict", "verifier_key", b"verifier_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM
 from bft.crypto import compute_node_id
 from bft.errors import Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
@@ -26,6 +27,13 @@ from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
 from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
 
 MAX_EVIDENCE_BYTES = 64 << 20
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return value
 
 
 def _vote_obj(v: pb.Vote) -> dict[str, Any]:
@@ -140,6 +148,12 @@ def infer_main(argv: list[str] | None = None) -> int:
         default=4,
         help="m, output positions whose token each verifier re-samples",
     )
+    p.add_argument(
+        "--sequence-check",
+        type=_probability,
+        default=DEFAULT_SEQUENCE_CHECK_PPM / 1e6,
+        help="q, chance that a verifier also checks the whole sequence against the sketch",
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -153,6 +167,7 @@ def infer_main(argv: list[str] | None = None) -> int:
         byzantine_executor=args.byzantine_executor,
         layers_per_verifier=args.layers_per_verifier,
         positions_per_verifier=args.positions_per_verifier,
+        sequence_check_ppm=round(args.sequence_check * 1e6),
     )
     sampling = SamplingParams(
         temperature=args.temperature,

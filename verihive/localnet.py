@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bft.assembler import AssemblerPolicy
+from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
 from bft.crypto import SigningKey
 from bft.verifier import Thresholds, VerifierCore
 from executor.backend import TorchBackend
@@ -40,6 +40,7 @@ class LocalNetConfig:
     f: int = 1
     layers_per_verifier: int = 2
     positions_per_verifier: int = 4
+    sequence_check_ppm: int = DEFAULT_SEQUENCE_CHECK_PPM
     chunk_size: int = DEFAULT_CHUNK_SIZE
     byzantine_executor: str | None = None
     network_id: str = DEFAULT_NETWORK_ID
@@ -131,6 +132,7 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
             f=config.f,
             layers_per_verifier=config.layers_per_verifier,
             positions_per_verifier=config.positions_per_verifier,
+            sequence_check_ppm=config.sequence_check_ppm,
         )
         node = AssemblerNode(
             SigningKey.generate(), policy, loaded.model_id, loaded.tokenizer, executors, verifiers

@@ -41,6 +41,7 @@ from bft.messages import (
     compute_validator_set_digest,
 )
 from bft.types import Digest, ModelId, PublicKey, Signature
+from merkle.sketch import SketchCheck
 from merkle.tree import MerkleProof, ProofStep
 
 NET = "net-a"
@@ -72,6 +73,7 @@ COMMIT = Commitment(
     chunk_size=2,
     merkle_root=Digest(b"\x06" * 32),
     num_leaves=(4 + 1) * 3,
+    sketch=(b"\x01\x00" * 128,),
 )
 SIGNED = SignedCommitment(COMMIT, EXEC.sign(COMMIT.signing_root()))
 _UNSIGNED_VOTE = Vote(
@@ -231,7 +233,14 @@ def test_request_bounds_are_inclusive(changes):
         {"chunk_size": MAX_TOKENS + 1, "num_leaves": 5},
         {"num_leaves": 14},
         {"num_leaves": 16},
-        {"tokens": (1,) * 4096, "chunk_size": 1, "num_layers": 256, "num_leaves": 257 * 4096},
+        {"tokens": (1,) * 4096, "chunk_size": 1, "num_layers": 256, "num_leaves": 257 * 4096}
+        | {"sketch": (b"\x01\x00",) * 128},
+        {"sketch": ()},  # [SKETCH.3] one entry per 32 positions
+        {"sketch": (b"\x01\x00", b"\x01\x00")},
+        {"sketch": (b"",)},
+        {"sketch": (b"\x01",)},
+        {"sketch": (b"\x01\x00" * 129,)},
+        {"sketch": (b"\xf1\xff",)},  # 65521: outside the field
     ],
     ids=lambda c: repr(c)[:60],
 )
@@ -247,7 +256,9 @@ def test_invalid_commitment(changes):
         {"prompt_len": 1},
         {"chunk_size": 5, "num_leaves": 5},
         {"chunk_size": 1, "num_leaves": 25},
-        {"tokens": (1,) * 4096, "chunk_size": 1, "num_layers": 255, "num_leaves": 256 * 4096},
+        {"tokens": (1,) * 4096, "chunk_size": 1, "num_layers": 255, "num_leaves": 256 * 4096}
+        | {"sketch": (b"\x01\x00",) * 128},
+        {"sketch": (b"\xf0\xff" * 128,)},  # 65520, the largest field element
     ],
     ids=lambda c: repr(c)[:60],
 )
@@ -334,6 +345,7 @@ REQUEST_FIELDS = {
     "layers_per_verifier": _u63,
     "validator_set_digest": _bytes32,
     "positions_per_verifier": _u63,
+    "sequence_check_ppm": _u63,
 }
 SAMPLING_FIELDS = {
     "temperature": _finite,
@@ -356,6 +368,7 @@ COMMITMENT_FIELDS = {
     "chunk_size": _u63,
     "merkle_root": _bytes32,
     "num_leaves": _u63,
+    "sketch": st.lists(st.binary(min_size=2, max_size=6), max_size=3).map(tuple),
 }
 _layer_check = st.builds(
     LayerCheck, layer=_u63, chunks=_tokens, max_rel_error=_finite, worst_position=_u63
@@ -374,6 +387,7 @@ VOTE_FIELDS = {
     "sampler_checks": st.lists(_sampler_check, max_size=3).map(tuple),
     "escalated": st.booleans(),
     "evidence": st.sampled_from([None, EVIDENCE, dataclasses.replace(EVIDENCE, layer=2)]),
+    "sequence_check": st.sampled_from([None, SketchCheck(0, 0.0), SketchCheck(1, 0.5)]),
 }
 LAYER_CHECK_FIELDS = {
     "layer": _u63,
@@ -663,8 +677,7 @@ def test_spec_example_default_sampling_encoding():
 
 
 def test_spec_example_request():
-    # [REQ.1] example, with positions_per_verifier (m = 4, the default) appended to the digest
-    # body; docs/spec/commitment.md still shows the digest from before that field.
+    # [REQ.1] example of docs/spec/commitment.md (m = 4, q = 0).
     validators = (SigningKey.from_seed(b"\x00" * 32).public_key,)
     vset = compute_validator_set_digest("testnet", validators)
     req = InferenceRequest(
@@ -681,7 +694,7 @@ def test_spec_example_request():
     )
     req.validate()
     assert vset.hex() == "dd7b845594be63ab2e9cb58f6fc19df98dca4d45c926a51776b04efba4542891"
-    assert req.digest().hex() == "9e96f7418c76fe929c340ae2f64b214d6ffaa7a547ddc66e93dc36ee8058a07a"
+    assert req.digest().hex() == "fe6f5831e0ced3ccab984776ca3d14ff1e582d70853d68391c42d7e8ef3972b4"
     assert req.sampling_seed().hex() == (
         "7ac04d124800abe4ef39046b0f3f3d3f224846ceef435a939b0fe59b5c2fb335"
     )

@@ -2,7 +2,8 @@
 
 Whole-run cheats change every layer or position and are never certified; partial cheats are
 caught by exactly the verifiers whose challenge reaches the lie, so a challenge of every layer
-(k = L) and every output position (m = number of output tokens) catches them on every request.
+(k = L), every output position (m = number of output tokens) and the sketch (q = 1) catches
+them on every request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from executor.core import ExecutorCore
 from tests.support import CHUNK_SIZE, NETWORK_ID, SAMPLING, Network, Run, make_key
 
 REQUESTS = 2  # per mode; each is a fresh request id
-EVERYTHING = {"layers_per_verifier": 4, "positions_per_verifier": SAMPLING.max_new_tokens}
+EVERYTHING = {
+    "layers_per_verifier": 4,
+    "positions_per_verifier": SAMPLING.max_new_tokens,
+    "sequence_check_ppm": 1_000_000,
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +69,7 @@ def test_modes_are_the_issues_two_classes():
         "skip-layer", "int8-weights", "int4-weights", "bf16-compute", "fp16-compute",
         "other-model", "perturb-layer", "tamper-tokens", "alter-prompt", "wrong-sampler",
         "replay", "bad-opening", "equivocate", "withhold", "selective", "smart-tamper-tokens",
+        "bad-sketch",  # ours: a sketch that does not match the tiles [SKETCH.4]
     }  # fmt: skip
     assert set(MODES) == named
 
@@ -128,7 +134,8 @@ def test_invalid_layer_cheat_is_caught_by_exactly_the_verifiers_sampling_its_lay
     assert isinstance(ex, LayerTamperExecutor)
     seen = set()
     for n in range(REQUESTS):
-        run = run_of(net, ex, request_of(net, mode, 0x10 + n))
+        # q = 0: the whole-sequence sketch check would see a lie in any layer [SKETCH.4]
+        run = run_of(net, ex, request_of(net, mode, 0x10 + n, sequence_check_ppm=0))
         lied = set(ex.lied_layers[-1])
         for vote in run.votes:
             layers = {lc.layer for lc in run.sessions[vote.verifier_key].challenge.layers}

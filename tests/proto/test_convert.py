@@ -144,7 +144,7 @@ def evidence_pb(run: Run) -> pb.Evidence:
     "mutate",
     [
         lambda m: setattr(m, "check", 0),
-        lambda m: setattr(m, "check", 8),
+        lambda m: setattr(m, "check", 9),
         lambda m: setattr(m, "measured", math.nan),
         lambda m: setattr(m, "measured", math.inf),
         lambda m: setattr(m, "measured", -math.inf),
