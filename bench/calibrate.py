@@ -35,11 +35,13 @@ from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
 from bft.messages import InferenceRequest, SamplingParams
+from bft.validators import ValidatorSet
 from bft.verifier import compute_rel_errors
 from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.model import LoadedModel, load_smollm2
 from executor.thresholds import get_thresholds_path
+from merkle.sketch import SKETCH_CHUNK, compute_sketch, measure_chunk
 
 NETWORK = "calibrate"
 PROMPTS = [
@@ -59,6 +61,14 @@ LONG_PROMPT = (
 )
 
 States = np.ndarray
+REPORTED_ONLY = {("fp16-compute", "sequence")}
+"""fp16 arithmetic moves the last boundary by less than the sketch's bfloat16 tolerance; the
+layer and embedding checks catch it on every request (docs/detection.md), so it must not drag
+the sketch's reject threshold down to honest territory."""
+CHECKS = ("layer", "embedding", "sampler", "sequence")
+FLOORS = {"layer": 1e-7, "embedding": 1e-8, "sampler": 1e-5, "sequence": 1 / 128}
+"""Smallest ``accept_max`` per check; for the sketch: one entry of 128 (a near-tie at the top-k
+edge can swap one entry between executor and verifier)."""
 
 
 def measure(
@@ -80,7 +90,30 @@ def measure(
             for p in range(p0, len(tokens))
         ]
     )
-    return {"embedding": emb, "layer": layers, "sampler": margins}
+    final = backend.final_states(tokens)
+    sketch = compute_sketch(states[num_layers])
+    sequence = np.array(
+        [
+            measure_chunk(final[j * SKETCH_CHUNK : (j + 1) * SKETCH_CHUNK].reshape(-1), data)
+            for j, data in enumerate(sketch)
+        ]
+    )  # [chunks]
+    return {"embedding": emb, "layer": layers, "sampler": margins, "sequence": sequence}
+
+
+def measure_committed(
+    backend: TorchBackend, request: InferenceRequest, tokens: list[int], states: States, c: Any
+) -> dict[str, np.ndarray]:
+    """Return :func:`measure` with the sketch the executor actually committed to."""
+    m = measure(backend, request, tokens, states)
+    final = backend.final_states(tokens)
+    m["sequence"] = np.array(
+        [
+            measure_chunk(final[j * SKETCH_CHUNK : (j + 1) * SKETCH_CHUNK].reshape(-1), data)
+            for j, data in enumerate(c.sketch)
+        ]
+    )
+    return m
 
 
 # -- honest sources --------------------------------------------------------------------------
@@ -183,7 +216,7 @@ def main() -> None:
     eager_model.set_attn_implementation("eager")
     eager = TorchBackend(eager_model)
     decode_model = copy.deepcopy(loaded.model)
-    keys = tuple(SigningKey.generate().public_key for _ in range(4))
+    keys = ValidatorSet.of_keys(NETWORK, (SigningKey.generate().public_key for _ in range(4)))
     policy = AssemblerPolicy(NETWORK)
 
     def make_request(i: int, prompt: str) -> InferenceRequest:
@@ -214,10 +247,10 @@ def main() -> None:
         "separate process": lambda r, t: prove_subprocess(t),
     }
     honest: dict[str, dict[str, dict[str, float]]] = {}
-    all_honest: dict[str, list[np.ndarray]] = {"embedding": [], "layer": [], "sampler": []}
+    all_honest: dict[str, list[np.ndarray]] = {c: [] for c in CHECKS}
 
     def run_source(name: str, reqs: list[InferenceRequest], prove: Callable) -> None:
-        acc: dict[str, list[np.ndarray]] = {"embedding": [], "layer": [], "sampler": []}
+        acc: dict[str, list[np.ndarray]] = {c: [] for c in CHECKS}
         for r in reqs:
             output = backend.generate(list(r.prompt_tokens), r.sampling, r.sampling_seed())
             tokens = list(r.prompt_tokens) + output
@@ -243,21 +276,23 @@ def main() -> None:
 
     # -- cheats ---------------------------------------------------------------------------------
     cheats: dict[str, dict[str, float]] = {}
-    signal: dict[str, list[float]] = {"embedding": [], "layer": [], "sampler": []}
+    signal: dict[str, list[float]] = {c: [] for c in CHECKS}
     key = SigningKey.generate()
-    # (mode, checks it must be caught by): its weakest signal on each such check counts.
+    # (mode, checks it must be caught by): its weakest signal on each such check counts, except
+    # for the pairs in REPORTED_ONLY, which are measured and shown but set no threshold.
     plan = [
-        ("int8-weights", ("layer",)),
-        ("int4-weights", ("layer",)),
-        ("bf16-compute", ("layer", "embedding")),
-        ("fp16-compute", ("layer", "embedding")),
-        ("perturb-layer", ("layer",)),
-        ("skip-layer", ("layer",)),
-        ("other-model", ("layer", "embedding")),
-        ("tamper-tokens", ("embedding",)),
-        ("alter-prompt", ("embedding",)),
+        ("int8-weights", ("layer", "sequence")),
+        ("int4-weights", ("layer", "sequence")),
+        ("bf16-compute", ("layer", "embedding", "sequence")),
+        ("fp16-compute", ("layer", "embedding", "sequence")),  # sequence: reported only
+        ("perturb-layer", ("layer", "sequence")),
+        ("skip-layer", ("layer", "sequence")),
+        ("other-model", ("layer", "embedding", "sequence")),
+        ("tamper-tokens", ("embedding", "sequence")),
+        ("alter-prompt", ("embedding", "sequence")),
         ("wrong-sampler", ("sampler",)),
         ("smart-tamper-tokens", ("sampler",)),
+        ("bad-sketch", ("sequence",)),
     ]
     for mode, checks in plan:
         ex = make_byzantine_executor(mode, key, loaded.model, loaded.model_id, NETWORK, 16)
@@ -279,7 +314,9 @@ def main() -> None:
                     for b in range(c.num_layers + 1)
                 ]
             )
-            m = measure(backend, r, list(c.tokens), states)
+            m = measure_committed(backend, r, list(c.tokens), states, c)
+            if "sequence" in checks:  # caught when any chunk mismatches
+                values["sequence"].append(float(m["sequence"].max()))
             if "layer" in checks:
                 per_layer = m["layer"].max(axis=1)
                 lied = getattr(ex, "lied_layers", None)
@@ -293,14 +330,15 @@ def main() -> None:
             vals = values[check]
             weakest = float(np.percentile(vals, 5)) if check == "sampler" else float(min(vals))
             cheats[f"{mode} / {check}"] = {"check": check, "weakest": weakest, "n": len(vals)}
-            signal[check].append(weakest)
+            if (mode, check) not in REPORTED_ONLY:
+                signal[check].append(weakest)
             print(f"cheat   {mode:28s} {check} weakest {weakest:.2e}", flush=True)
         del ex
 
     f = args.safety
-    floors = {"layer": 1e-7, "embedding": 1e-8, "sampler": 1e-5}
+    floors = FLOORS
     thresholds = {}
-    for check in ("layer", "embedding", "sampler"):
+    for check in CHECKS:
         h = float(np.concatenate(all_honest[check]).max())
         c = min(signal[check])
         accept_max = max(f * h, floors[check])
@@ -353,20 +391,23 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
         "",
         "Units: *layer* is the per-position `|y' - y| / |y - x|` of a re-executed layer; "
         "*embedding* the per-position `|e' - e| / |e'|` at boundary 0; *sampler* the margin of "
-        "[SAMPLE.5] in logit units. The verifier is always torch CPU float32, 2 threads, sdpa, "
-        "fresh prefill; the executor varies.",
+        "[SAMPLE.5] in logit units; *sequence* the per-chunk fraction of the verifier's top-128 "
+        "entries that do not match the sketch the executor would commit ([SKETCH.4], "
+        "dimensionless, steps of 1/128). The verifier is always torch CPU float32, 2 threads, "
+        "sdpa, fresh prefill; the executor varies.",
         "",
         "## Honest noise (every layer, position and output token)",
         "",
         "| source | layer max | layer p99.9 | embedding max | embedding p99.9 | sampler max "
-        "| sampler p99.9 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| sampler p99.9 | sequence max | sequence p99.9 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in honest.items():
         lines.append(
             f"| {name} | {s['layer']['max']:.2e} | {s['layer']['p99.9']:.2e} | "
             f"{s['embedding']['max']:.2e} | {s['embedding']['p99.9']:.2e} | "
-            f"{s['sampler']['max']:.2e} | {s['sampler']['p99.9']:.2e} |"
+            f"{s['sampler']['max']:.2e} | {s['sampler']['p99.9']:.2e} | "
+            f"{s['sequence']['max']:.2e} | {s['sequence']['p99.9']:.2e} |"
         )
     lines += [
         "",
@@ -374,13 +415,14 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
         "",
         "Layer cheats: the smallest per-layer maximum over the tampered layers; embedding "
         "cheats: the largest boundary-0 error; sampler cheats: the 5th percentile of the "
-        "non-zero margins.",
+        "non-zero margins; sequence: the smallest per-request mismatch (largest over chunks).",
         "",
         "| cheat | check | weakest signal | samples |",
         "|---|---|---:|---:|",
     ]
     for mode, c in cheats.items():
-        lines.append(f"| {mode} | {c['check']} | {c['weakest']:.2e} | {c['n']} |")
+        note = " (reported only)" if tuple(mode.split(" / ")) in REPORTED_ONLY else ""
+        lines.append(f"| {mode}{note} | {c['check']} | {c['weakest']:.2e} | {c['n']} |")
     f = meta["safety_factor"]
     lines += [
         "",

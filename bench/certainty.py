@@ -28,6 +28,7 @@ from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
 from bft.messages import SamplingParams
+from bft.validators import ValidatorSet
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
@@ -52,8 +53,10 @@ def measure_costs(tokens: int, repeats: int = 5) -> dict[str, Any]:
         )
     )
     keys = [SigningKey.generate() for _ in range(2)]
-    validators = tuple(k.public_key for k in keys) + tuple(
-        SigningKey.generate().public_key for _ in range(2)
+    validators = ValidatorSet.of_keys(
+        "certainty",
+        tuple(k.public_key for k in keys)
+        + tuple(SigningKey.generate().public_key for _ in range(2)),
     )
     sampling = SamplingParams(max_new_tokens=tokens, stop_at_eos=False)
     ex = ExecutorCore(SigningKey.generate(), backend, loaded.model_id, "certainty")

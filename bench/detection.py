@@ -1,7 +1,8 @@
 """Detection rates of every byzantine mode, against the sampling model; honest false rejects.
 
 For each mode in ``executor.byzantine.MODES``: ``--requests`` requests with the default policy
-(k = 2 layers and m = 4 sampler positions per verifier, committee of n = 4, f = 1), SmolLM2,
+(k = 2 layers and m = 4 sampler positions per verifier, the sketch check with probability
+q = 0.1 per verifier, committee of n = 4, f = 1), SmolLM2,
 temperature 0.7, 8 output tokens (fixed length; ``--tokens``), run through the real protocol
 cores (the gRPC path is covered by the tests). A request is *caught* when it gets no certificate.
 
@@ -9,7 +10,9 @@ For partial cheats each request also gets the model's catch probability, from gr
 measured on the committed states: a lie on the layer set S escapes one verifier with
 ``C(L-|S|, k) / C(L, k)``; a lie at d of the n_out output positions (d = positions whose sampler
 margin exceeds reject_min) escapes one verifier with ``C(n_out-d, m) / C(n_out, m)``; a request
-escapes when all n verifiers miss. Measured and predicted rates are compared with a z-score.
+escapes when all n verifiers miss; a verifier that draws the sketch check (probability q) sees
+every lie that changes the last boundary (measured per commitment). Measured and predicted
+rates are compared with a z-score.
 
 ``--honest`` runs honest executors whose states come from each noise source of
 ``bench.calibrate`` in turn, and counts false rejects.
@@ -46,12 +49,14 @@ from bft.assembler import (
 from bft.crypto import SigningKey
 from bft.errors import ProtocolError
 from bft.messages import InferenceRequest, SamplingParams, Vote
+from bft.validators import ValidatorSet
 from bft.verifier import VerifierCore
 from executor.backend import TorchBackend
 from executor.byzantine import MODES, PARTIAL_MODES, make_byzantine_executor
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
 from executor.thresholds import load_thresholds
+from merkle.sketch import measure_sketch
 from merkle.tiles import HEADER_SIZE
 
 RESULT_PATH = Path(__file__).resolve().parent / "results" / "detection.json"
@@ -67,7 +72,7 @@ class Harness:
         self.backend = TorchBackend(self.loaded.model)
         self.thresholds = load_thresholds()
         keys = [SigningKey.generate() for _ in range(4)]
-        self.validators = tuple(k.public_key for k in keys)
+        self.validators = ValidatorSet.of_keys(NETWORK, (k.public_key for k in keys))
         info = self.backend.info
         self.verifiers = {
             k.public_key: VerifierCore(
@@ -141,22 +146,39 @@ class Harness:
     def predicted_catch(
         self, mode: str, ex: ExecutorCore, request: InferenceRequest, signed: Any
     ) -> float:
-        """Return the model's probability that this request is caught."""
+        """Return the model's probability that this request is caught.
+
+        One verifier misses the lie when its k layers (or m positions) miss it and it does
+        not draw the sketch check (probability 1 - q), or draws it and the sketch cannot see
+        the lie (measured: the sketch check's mismatch on this commitment <= reject_min).
+        """
         c = signed.commitment
         n = request.committee_size
+        q = request.sequence_check_ppm / 1e6
+        sketch = self.sketch_sees(signed)
         if mode in ("skip-layer", "perturb-layer", "selective"):
             lied = ex.lied_layers[-1]  # type: ignore[attr-defined]
             big_l, k = c.num_layers, request.layers_per_verifier
             escape = math.comb(big_l - len(lied), k) / math.comb(big_l, k)
-            return 1.0 - escape**n
-        states = self.committed_states(ex, signed)
-        n_out, m = len(c.output_tokens), request.positions_per_verifier
-        bad = 0
-        for p in range(c.prompt_len, len(c.tokens)):
-            margin = self.backend.sampler_margin(states[-1][p - 1][None], request, p, c.tokens[p])
-            bad += margin > self.thresholds.sampler.reject_min
-        escape = math.comb(n_out - bad, m) / math.comb(n_out, m)
+        elif mode == "bad-sketch":
+            escape = 1.0
+        else:
+            states = self.committed_states(ex, signed)
+            n_out, m = len(c.output_tokens), request.positions_per_verifier
+            bad = 0
+            for p in range(c.prompt_len, len(c.tokens)):
+                h = states[-1][p - 1][None]
+                margin = self.backend.sampler_margin(h, request, p, c.tokens[p])
+                bad += margin > self.thresholds.sampler.reject_min
+            escape = math.comb(n_out - bad, m) / math.comb(n_out, m)
+        escape *= 1.0 - q * sketch
         return 1.0 - escape**n
+
+    def sketch_sees(self, signed: Any) -> bool:
+        """Return whether the sketch check rejects ``signed`` (ground truth for the model)."""
+        c = signed.commitment
+        sq = measure_sketch(self.backend.final_states(c.tokens), c.sketch)
+        return sq.mismatch > self.thresholds.sequence.reject_min
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -247,13 +269,20 @@ def main() -> None:
             "machine": describe_machine(),
             "model": h.loaded.name,
             "sampling": dataclasses.asdict(sampling),
-            "policy": {"k": 2, "m": 4, "n": 4, "f": 1},
+            "policy": {
+                "k": h.policy.layers_per_verifier,
+                "m": h.policy.positions_per_verifier,
+                "q": h.policy.sequence_check_ppm / 1e6,
+                "n": 3 * h.policy.f + 1,
+                "f": h.policy.f,
+            },
             "thresholds": {
                 name: dataclasses.asdict(band)
                 for name, band in (
                     ("layer", h.thresholds.layer),
                     ("embedding", h.thresholds.embedding),
                     ("sampler", h.thresholds.sampler),
+                    ("sequence", h.thresholds.sequence),
                 )
             },
             "modes": rows,

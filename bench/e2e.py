@@ -28,6 +28,7 @@ from bft.assembler import (
 )
 from bft.crypto import SigningKey
 from bft.messages import SamplingParams
+from bft.validators import make_genesis
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore, compute_tiles
 from executor.model import load_smollm2, load_tiny
@@ -43,7 +44,8 @@ def measure(loaded: Any, n_tokens: int, repeats: int, k: int) -> dict[str, Any]:
     """Return median timings for ``n_tokens`` generated tokens."""
     backend = TorchBackend(loaded.model)
     vkeys = [SigningKey.generate() for _ in range(4)]
-    validators = tuple(v.public_key for v in vkeys)
+    genesis = make_genesis(NETWORK, vkeys)
+    validators = genesis.vset
     from bft.verifier import Session, VerifierCore
 
     verifiers = {
@@ -125,7 +127,7 @@ def measure(loaded: Any, n_tokens: int, repeats: int, k: int) -> dict[str, Any]:
         rows["verify_s"].append(statistics.mean(v_times))
         rows["open_s"].append(statistics.mean(o_times))
         rows["opened_bytes"].append(statistics.mean(o_bytes))
-        receipt = convert.receipt_to_pb(build_receipt(tally, validators))
+        receipt = convert.receipt_to_pb(build_receipt(tally, genesis))
         rows["receipt_json_bytes"].append(len(receipt_to_json(receipt).encode()))
         rows["receipt_pb_bytes"].append(receipt.ByteSize())
     med = {name: statistics.median(vals) for name, vals in rows.items()}

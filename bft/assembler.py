@@ -6,6 +6,15 @@ import enum
 from dataclasses import dataclass, replace
 
 from bft.committee import compute_committee
+from bft.confirmation import (
+    Confirmation,
+    Dispute,
+    DisputeOutcome,
+    compute_accusation_digest,
+    get_dispute_outcome,
+    open_dispute,
+    process_confirmation,
+)
 from bft.errors import Ignore, Reject
 from bft.messages import (
     InferenceRequest,
@@ -13,11 +22,11 @@ from bft.messages import (
     SignedCommitment,
     Verdict,
     Vote,
-    compute_validator_set_digest,
 )
 from bft.quorum import check_vote
 from bft.receipt import Receipt
 from bft.types import ModelId, NodeId, PublicKey
+from bft.validators import SignedValidatorSet, ValidatorSet
 
 DEFAULT_SEQUENCE_CHECK_PPM = 100_000
 """q = 0.1: a verifier runs the whole-sequence sketch check on 1 request in 10."""
@@ -30,15 +39,19 @@ class AssemblerPolicy:
     network_id: str
     f: int = 1
     layers_per_verifier: int = 2
-    epoch: int = 0
     positions_per_verifier: int = 4
     sequence_check_ppm: int = DEFAULT_SEQUENCE_CHECK_PPM
+    hedge: int = 1
+    """Executors one request is sent to at once; the first certified answer wins. [ASM.6]"""
+    hedge_verify_all: bool = False
+    """Whether the other hedged executors are verified too (else their results are dropped)."""
 
 
 class Outcome(enum.Enum):
     """Where an attempt stands."""
 
     PENDING = "pending"
+    DISPUTED = "disputed"  # a REJECT's confirmation round is open: no certificate [CONFIRM.1]
     CERTIFIED = "certified"
     REJECTED = "rejected"
     FAILED = "failed"
@@ -50,19 +63,22 @@ def compute_request(
     model_id: ModelId,
     prompt_tokens: tuple[int, ...],
     sampling: SamplingParams,
-    validators: tuple[PublicKey, ...],
+    vset: ValidatorSet,
 ) -> InferenceRequest:
-    """Return the request for ``prompt_tokens``; ``request_id`` comes from the caller's RNG."""
+    """Return the request for ``prompt_tokens``; ``request_id`` comes from the caller's RNG.
+
+    The request names ``vset``'s epoch and digest: its committee is drawn from that set.
+    """
     request = InferenceRequest(
         network_id=policy.network_id,
         request_id=request_id,
-        epoch=policy.epoch,
+        epoch=vset.epoch,
         model_id=model_id,
         prompt_tokens=prompt_tokens,
         sampling=sampling,
         f=policy.f,
         layers_per_verifier=policy.layers_per_verifier,
-        validator_set_digest=compute_validator_set_digest(policy.network_id, validators),
+        validator_set_digest=vset.digest(),
         positions_per_verifier=policy.positions_per_verifier,
         sequence_check_ppm=policy.sequence_check_ppm,
     )
@@ -88,28 +104,40 @@ def check_commitment(
 
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """Votes collected on one commitment from its committee."""
+    """Votes collected on one commitment from its committee, and the disputes they opened.
+
+    ``double_votes`` holds pairs of conflicting votes (ACCEPT and REJECT) by one verifier:
+    neither counts, and the pair is slashing evidence. [QUORUM.5]
+    """
 
     request: InferenceRequest
     signed: SignedCommitment
     committee: tuple[PublicKey, ...]
     votes: tuple[Vote, ...] = ()
+    double_votes: tuple[tuple[Vote, Vote], ...] = ()
+    disputes: tuple[Dispute, ...] = ()
 
     def count(self, verdict: Verdict) -> int:
-        """Return how many votes have ``verdict``."""
+        """Return how many counted votes have ``verdict``."""
         return sum(1 for v in self.votes if v.verdict is verdict)
 
+    @property
+    def double_voters(self) -> frozenset[PublicKey]:
+        """Return the keys caught voting both ways."""
+        return frozenset(a.verifier_key for a, _ in self.double_votes)
 
-def compute_tally(
-    request: InferenceRequest, signed: SignedCommitment, validators: tuple[PublicKey, ...]
-) -> Tally:
+    def dispute_of(self, vote: Vote) -> Dispute | None:
+        """Return the dispute ``vote`` opened, if any."""
+        digest = compute_accusation_digest(vote)
+        return next((d for d in self.disputes if d.digest == digest), None)
+
+
+def compute_tally(request: InferenceRequest, signed: SignedCommitment, vset: ValidatorSet) -> Tally:
     """Return an empty tally with the committee drawn for ``request``. [COMMITTEE.1]"""
+    if request.validator_set_digest != vset.digest() or request.epoch != vset.epoch:
+        raise Reject("request names another validator set")
     committee = compute_committee(
-        validators,
-        request.request_id,
-        request.epoch,
-        signed.commitment.executor_id,
-        request.committee_size,
+        vset, request.request_id, signed.commitment.executor_id, request.committee_size
     )
     return Tally(request=request, signed=signed, committee=committee)
 
@@ -117,48 +145,96 @@ def compute_tally(
 def process_vote(tally: Tally, vote: Vote) -> Tally:
     """Return ``tally`` with ``vote`` added. [ASM.3]
 
-    Raises :class:`Reject` for an invalid vote and :class:`Ignore` for a second vote by the same
-    verifier (double votes are [bft]'s evidence).
+    Raises :class:`Reject` for an invalid vote and :class:`Ignore` for a repeated or second
+    vote by one verifier. A verifier whose second vote contradicts its first (ACCEPT against
+    REJECT) loses both: the pair goes to ``double_votes``. [QUORUM.5]
     """
     check_vote(vote, tally.request, tally.signed, tally.committee)
-    if any(v.verifier_key == vote.verifier_key for v in tally.votes):
+    if vote.verifier_key in tally.double_voters:
+        raise Ignore("verifier already caught voting both ways")
+    prev = next((v for v in tally.votes if v.verifier_key == vote.verifier_key), None)
+    if prev is None:
+        return replace(tally, votes=(*tally.votes, vote))
+    if prev.signing_root() == vote.signing_root():
         raise Ignore("duplicate vote from one verifier")
-    return replace(tally, votes=(*tally.votes, vote))
+    if {prev.verdict, vote.verdict} != {Verdict.ACCEPT, Verdict.REJECT}:
+        raise Ignore("second vote from one verifier")
+    dropped = compute_accusation_digest(prev)
+    return replace(
+        tally,
+        votes=tuple(v for v in tally.votes if v.verifier_key != vote.verifier_key),
+        double_votes=(*tally.double_votes, (prev, vote)),
+        disputes=tuple(d for d in tally.disputes if d.digest != dropped),
+    )
 
 
-def get_outcome(tally: Tally) -> Outcome:
-    """Return the attempt's outcome. [ASM.4]
+def open_disputes(tally: Tally) -> Tally:
+    """Return ``tally`` with a dispute for every REJECT that has none yet. [CONFIRM.1]"""
+    new = tuple(
+        open_dispute(tally.request, tally.signed, v, tally.committee)
+        for v in tally.votes
+        if v.verdict is Verdict.REJECT and tally.dispute_of(v) is None
+    )
+    return replace(tally, disputes=(*tally.disputes, *new)) if new else tally
 
-    CERTIFIED on 2f+1 distinct ACCEPTs and no REJECT. Any REJECT fails the attempt: a single
-    honest verifier that sampled a bad layer is enough to stop a lie (the confirmation round
-    that may overturn a false REJECT arrives with [bft]). FAILED when too few votes remain
-    possible.
+
+def process_confirmation_vote(tally: Tally, conf: Confirmation) -> Tally:
+    """Return ``tally`` with ``conf`` added to the dispute it is about. [CONFIRM.2]"""
+    for i, d in enumerate(tally.disputes):
+        if d.digest == conf.accusation_digest:
+            updated = process_confirmation(d, conf)
+            return replace(tally, disputes=(*tally.disputes[:i], updated, *tally.disputes[i + 1 :]))
+    raise Ignore("confirmation about no open accusation")
+
+
+def get_outcome(tally: Tally, closed: bool = False) -> Outcome:
+    """Return the attempt's outcome; ``closed`` once no more votes or confirmations will come.
+
+    [ASM.4], [CONFIRM.3]: a REJECT whose accusation 2f+1 members confirm makes the attempt
+    REJECTED (and the executor slashed). While any accusation is open the attempt is DISPUTED
+    and no certificate is issued, however many ACCEPTs there are. An accusation the round
+    leaves undecided fails the attempt (no certificate, no slash). Refuted REJECTs no longer
+    count, so the ACCEPTs may certify. CERTIFIED needs 2f+1 distinct ACCEPTs and, before the
+    deadline, every committee member's vote.
     """
     quorum = tally.request.quorum
-    if tally.count(Verdict.REJECT):
+    states = []
+    for vote in tally.votes:
+        if vote.verdict is Verdict.REJECT:
+            dispute = tally.dispute_of(vote)
+            states.append(get_dispute_outcome(dispute, closed) if dispute else DisputeOutcome.OPEN)
+    if DisputeOutcome.CONFIRMED in states:  # whatever order the accusations came in
         return Outcome.REJECTED
+    if DisputeOutcome.OPEN in states:
+        return Outcome.FAILED if closed else Outcome.DISPUTED
+    if DisputeOutcome.UNDECIDED in states:
+        return Outcome.FAILED
     accepts = tally.count(Verdict.ACCEPT)
-    if accepts >= quorum and len(tally.votes) == len(tally.committee):
+    answered = len(tally.votes) + len(tally.double_votes)
+    if accepts >= quorum and (closed or answered == len(tally.committee)):
         return Outcome.CERTIFIED
-    missing = len(tally.committee) - len(tally.votes)
-    if accepts + missing < quorum:
+    if closed or accepts + len(tally.committee) - answered < quorum:
         return Outcome.FAILED
     return Outcome.PENDING
 
 
+def find_disagreement(certified: tuple[Tally, ...]) -> bool:
+    """Return whether certified results of one request differ in their output. [ASM.6]
+
+    Every executor of one request samples with the same seed, so honest executors agree; two
+    certified answers that differ mean one certificate is wrong (a lie the sampling missed, or
+    a backend outside its calibration). Neither is served: the attempt fails and both
+    certificates are kept for investigation.
+    """
+    return len({t.signed.commitment.output_tokens for t in certified}) > 1
+
+
 def get_final_outcome(tally: Tally) -> Outcome:
-    """Return the outcome once no more votes will come (deadline passed). [ASM.4]"""
-    outcome = get_outcome(tally)
-    if outcome is Outcome.PENDING:
-        return (
-            Outcome.CERTIFIED
-            if tally.count(Verdict.ACCEPT) >= tally.request.quorum
-            else Outcome.FAILED
-        )
-    return outcome
+    """Return the outcome once no more votes or confirmations will come. [ASM.4]"""
+    return get_outcome(tally, closed=True)
 
 
-def build_receipt(tally: Tally, validators: tuple[PublicKey, ...]) -> Receipt:
+def build_receipt(tally: Tally, vset: SignedValidatorSet) -> Receipt:
     """Return the receipt of a certified tally: the ACCEPT votes are the certificate. [RECEIPT.1]"""
     accepts = tuple(v for v in tally.votes if v.verdict is Verdict.ACCEPT)
-    return Receipt(tally.request, tally.signed, validators, accepts)
+    return Receipt(tally.request, tally.signed, vset, accepts)

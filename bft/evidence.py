@@ -15,7 +15,14 @@ import numpy.typing as npt
 
 from bft.crypto import is_valid_signature
 from bft.errors import ProtocolError, Reject
-from bft.messages import Evidence, EvidenceCheck, TileRef
+from bft.messages import (
+    Evidence,
+    EvidenceCheck,
+    OpeningResponse,
+    SignedCommitment,
+    TileRef,
+    Vote,
+)
 from bft.types import ModelId
 from bft.verifier import (
     LayerModel,
@@ -170,3 +177,49 @@ def _audit_computation(
         detail = f"sampler margin {sc.margin:.3g} at position {p}"
         return _result(ev, sc.margin > t.sampler.reject_min, detail, sc.margin)
     return _result(ev, False, f"unknown claim {ev.check.value}")
+
+
+WITNESS_TOLERANCE = 1e-3
+"""Relative tolerance when re-computing a vote's witnesses (honest noise is ~1e-6)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpotAudit:
+    """Whether a vote's reported work re-computes: ``ok`` false means a lazy or lying vote."""
+
+    ok: bool
+    detail: str
+
+
+def spot_audit_vote(
+    vote: Vote,
+    signed: SignedCommitment,
+    response: OpeningResponse,
+    auditor: AuditModel,
+    thresholds: Thresholds | None = None,
+) -> SpotAudit:
+    """Re-run the layer checks ``vote`` reports from the executor's openings. [VOTE.4]
+
+    A vote whose witnesses (attention-update norms, which no commitment holds) or layer errors
+    do not re-compute was signed without the work, or with made-up results. ``response`` must
+    open the tiles of the vote's layer checks (the executor serves them to anyone).
+    """
+    t = thresholds or Thresholds()
+    vote.check()
+    if vote.commitment_digest != signed.digest:
+        raise Reject("vote is about another commitment")
+    tiles = open_tiles(signed, response)
+    c = signed.commitment
+    for lc in vote.layer_checks:
+        re = measure_layer(auditor.model, lc.layer, lc.chunks, tiles, c.chunk_size, len(c.tokens))
+        if abs(re.witness - lc.witness) > WITNESS_TOLERANCE * max(re.witness, 1e-12):
+            return SpotAudit(
+                False, f"layer {lc.layer} witness {lc.witness:.6g}, re-computed {re.witness:.6g}"
+            )
+        if abs(re.max_rel_error - lc.max_rel_error) > t.layer.accept_max:
+            return SpotAudit(
+                False,
+                f"layer {lc.layer} error {lc.max_rel_error:.3g}, "
+                f"re-computed {re.max_rel_error:.3g}",
+            )
+    return SpotAudit(True, f"{len(vote.layer_checks)} layer checks re-compute")

@@ -32,7 +32,6 @@ TAG_COMMITMENT = "verihive/commitment/v1"
 TAG_OPENING = "verihive/opening/v1"
 TAG_CHALLENGE = "verihive/challenge/v1"
 TAG_VOTE = "verihive/vote/v1"
-TAG_VALIDATOR_SET = "verihive/validator-set/v1"
 TAG_SAMPLING_SEED = "verihive/sampling-seed/v1"
 TAG_EVIDENCE = "verihive/evidence/v1"
 
@@ -182,12 +181,6 @@ class InferenceRequest:
     def committee_size(self) -> int:
         """Return the committee size 3f+1."""
         return 3 * self.f + 1
-
-
-def compute_validator_set_digest(network_id: str, keys: tuple[PublicKey, ...]) -> Digest:
-    """Return the digest of the validator set ``keys`` (order-insensitive). [COMMITTEE.1]"""
-    body = Canonical().list_(sorted(bytes(k) for k in keys)).build()
-    return compute_signing_root(TAG_VALIDATOR_SET, network_id, body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,12 +349,17 @@ class LayerCheck:
     """A verifier's measurement of one re-executed layer. [VOTE.2]
 
     ``max_rel_error`` is the largest per-position ``|y' - y| / |y - x|`` (dimensionless).
+    ``witness`` is the sum over the challenged positions of the L2 norm of the layer's
+    attention update (its attention block's output, before the residual add): a value no
+    commitment holds, so only a verifier that ran the layer knows it, and anyone who re-runs
+    it can spot-audit the vote. [VOTE.4]
     """
 
     layer: int
     chunks: tuple[int, ...]
     max_rel_error: float
     worst_position: int
+    witness: float = 0.0
 
     def encode(self) -> bytes:
         """Return canonical bytes."""
@@ -371,6 +369,7 @@ class LayerCheck:
             .u32s(self.chunks)
             .f64(self.max_rel_error)
             .u64(self.worst_position)
+            .f64(self.witness)
             .build()
         )
 
@@ -510,6 +509,7 @@ class Vote:
         values = [
             self.embedding_max_error,
             *(c.max_rel_error for c in self.layer_checks),
+            *(c.witness for c in self.layer_checks),
             *(c.margin for c in self.sampler_checks),
         ]
         if self.sequence_check is not None:

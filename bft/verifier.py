@@ -8,9 +8,11 @@ The model is injected as a :class:`LayerModel`, so this module holds no torch co
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +34,10 @@ from bft.messages import (
     Vote,
     compute_challenge_message,
 )
-from bft.types import ModelId, Signature
+from bft.types import Digest, ModelId, Signature
+
+if TYPE_CHECKING:
+    from bft.confirmation import Confirmation
 from merkle.sketch import (
     SKETCH_CHUNK,
     SketchCheck,
@@ -47,6 +52,8 @@ from merkle.tree import check_inclusion
 _NORM_FLOOR = 1e-12
 # Margins are capped so that votes stay finite.
 _MARGIN_CAP = 1e30
+MAX_REMEMBERED_VOTES = 65536
+"""Votes a verifier keeps to answer repeated asks with the same signed vote. [VOTE.3]"""
 
 
 class LayerModel(Protocol):
@@ -72,6 +79,12 @@ class LayerModel(Protocol):
 
     def run_layer(self, layer: int, hidden_in: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Return layer ``layer`` (1..L) applied to positions ``0..P-1`` of ``hidden_in``."""
+        ...
+
+    def run_layer_with_update(
+        self, layer: int, hidden_in: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Return :meth:`run_layer`'s output and the ``[P, H]`` attention update inside it."""
         ...
 
     def sampler_margin(
@@ -222,16 +235,17 @@ def measure_layer(
 ) -> LayerCheck:
     """Re-execute ``layer`` from the committed input and measure each challenged chunk."""
     x = np.concatenate([tiles[TileRef(layer - 1, k)] for k in range(max(chunks) + 1)])
-    y_prime = model.run_layer(layer, x)
-    worst, worst_pos = 0.0, 0
+    y_prime, update = model.run_layer_with_update(layer, x)
+    worst, worst_pos, witness = 0.0, 0, 0.0
     for k in chunks:
         lo = k * chunk_size
         hi = min(lo + chunk_size, num_tokens)
         errs = compute_rel_errors(y_prime[lo:hi], tiles[TileRef(layer, k)], x[lo:hi])
+        witness += float(np.linalg.norm(update[lo:hi].astype(np.float64), axis=-1).sum())
         i = int(np.argmax(errs))
         if errs[i] > worst:
             worst, worst_pos = float(errs[i]), lo + i
-    return LayerCheck(layer=layer, chunks=chunks, max_rel_error=worst, worst_position=worst_pos)
+    return LayerCheck(layer, chunks, worst, worst_pos, min(witness, _MARGIN_CAP))
 
 
 def measure_sequence(model: LayerModel, signed: SignedCommitment) -> SketchCheck:
@@ -276,6 +290,60 @@ class VerifierCore:
         self.hidden_size = hidden_size
         self.network_id = network_id
         self.thresholds = thresholds or Thresholds()
+        self._votes: OrderedDict[tuple[Digest, Digest], Vote] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, vote: Vote) -> Vote:
+        """Return the vote this verifier already signed for ``vote``'s commitment, else ``vote``.
+
+        An honest verifier signs one vote per (request, commitment): asked again (a retry, a
+        second assembler) it answers with the same vote, so it can never be caught voting both
+        ways. [VOTE.3]
+        """
+        key = (vote.request_digest, vote.commitment_digest)
+        with self._lock:
+            first = self._votes.setdefault(key, vote)
+            self._votes.move_to_end(key)
+            while len(self._votes) > MAX_REMEMBERED_VOTES:
+                self._votes.popitem(last=False)
+            return first
+
+    def recall(self, request: InferenceRequest, signed: SignedCommitment) -> Vote | None:
+        """Return the vote already signed on ``signed`` for ``request``, if any."""
+        with self._lock:
+            return self._votes.get((request.digest(), signed.digest))
+
+    def confirm(
+        self, request: InferenceRequest, signed: SignedCommitment, accusation: Vote
+    ) -> Confirmation | None:
+        """Audit ``accusation``'s evidence with this verifier's model; sign the finding.
+
+        Returns ``None`` (abstain) when the claim needs a model this verifier does not hold.
+        Raises :class:`ProtocolError` when the accusation is not a signed REJECT about
+        ``signed`` for ``request``. [CONFIRM.2]
+        """
+        request.validate()
+        signed.check()
+        accusation.check()
+        ev = accusation.evidence
+        if accusation.verdict is not Verdict.REJECT or ev is None:
+            raise Malformed("only a REJECT vote with evidence can be confirmed")
+        if (
+            accusation.network_id != self.network_id
+            or accusation.request_digest != request.digest()
+            or accusation.commitment_digest != signed.digest
+            or ev.signed.digest != signed.digest
+            or ev.request.digest() != request.digest()
+        ):
+            raise Reject("accusation is about another request or commitment")
+        from bft.confirmation import audit_accusation, sign_confirmation
+        from bft.evidence import AuditModel
+
+        auditor = AuditModel(self.model, self.model_id, self.num_layers, self.hidden_size)
+        result = audit_accusation(accusation, auditor, self.thresholds)
+        if result is None:
+            return None
+        return sign_confirmation(self.key, accusation, result)
 
     # -- commitment -------------------------------------------------------------------------
 
@@ -364,6 +432,9 @@ class VerifierCore:
         ``fetch`` raises :class:`ProtocolError` when the openings cannot be had: that is an
         UNAVAILABLE vote. The loop runs at most twice (the base and the escalated challenge).
         """
+        known = self.recall(request, signed)
+        if known is not None:
+            return known
         result = self.start(request, signed)
         while isinstance(result, Session):
             try:
@@ -371,7 +442,7 @@ class VerifierCore:
             except ProtocolError as exc:
                 return self.on_unavailable(result, f"openings not served: {exc}")
             result = self.on_openings(result, response)
-        return result
+        return self.remember(result)
 
     def on_unavailable(self, session: Session, why: str) -> Vote:
         """Return the UNAVAILABLE vote for openings not served. [VERIFY.5]"""

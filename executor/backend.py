@@ -146,6 +146,22 @@ class TorchBackend:
         return np.asarray(out[0].float().numpy(), dtype=np.float32)
 
     @torch.inference_mode()
+    def run_layer_with_update(
+        self, layer: int, hidden_in: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Return :meth:`run_layer`'s output and the attention update inside the layer."""
+        if not 1 <= layer <= self.info.num_layers:
+            raise ValueError(f"layer {layer} outside 1..{self.info.num_layers}")
+        captured: list[torch.Tensor] = []
+        block = self.model.model.layers[layer - 1]
+        hook = block.self_attn.register_forward_hook(lambda _m, _i, o: captured.append(o[0]))
+        try:
+            out = self.run_layer(layer, hidden_in)
+        finally:
+            hook.remove()
+        return out, np.asarray(captured[0][0].float().numpy(), dtype=np.float32)
+
+    @torch.inference_mode()
     def final_logits(self, hidden_last: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Return LM-head logits for boundary-L states ``[P, H]`` (final norm applied)."""
         h = torch.from_numpy(np.ascontiguousarray(hidden_last, dtype=np.float32))

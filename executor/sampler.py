@@ -65,6 +65,36 @@ def compute_allowed(
     return allowed
 
 
+def compute_sure(
+    scaled: npt.NDArray[np.float64],
+    params: SamplingParams,
+    slack_scaled: float,
+    slack_prob: float,
+) -> npt.NDArray[np.bool_]:
+    """Return the mask of tokens that survive the filters in every view within the slack.
+
+    A token is surely in the top k when it beats the (k+1)-th largest scaled logit by more than
+    ``slack_scaled``, and surely in the nucleus when it is in the prefix reaching
+    ``top_p - slack_prob``. Honest logit noise can move a token across an edge, never a sure one.
+    """
+    sure = np.ones(scaled.shape[0], dtype=bool)
+    if 0 < params.top_k < scaled.shape[0]:
+        next_one = np.partition(scaled, -(params.top_k + 1))[-(params.top_k + 1)]
+        sure &= scaled > next_one + slack_scaled
+    if params.top_p < 1.0:
+        order = np.argsort(-np.where(sure, scaled, -np.inf), kind="stable")
+        probs = np.exp(scaled[order] - scaled[order[0]])
+        probs = np.where(sure[order], probs, 0.0)
+        total = probs.sum()
+        if total > 0:
+            probs /= total
+            keep = np.cumsum(probs) - probs < params.top_p - slack_prob
+            nucleus = np.zeros_like(sure)
+            nucleus[order[keep]] = True
+            sure &= nucleus
+    return sure
+
+
 def sample_token(
     logits: npt.NDArray[np.floating], params: SamplingParams, seed: bytes, position: int
 ) -> int:
@@ -89,11 +119,13 @@ def compute_sampler_margin(
     """Return how far ``token`` is from being the sampler's choice, in logit units. [SAMPLE.5]
 
     0 when ``token`` is exactly what :func:`sample_token` picks. Greedy: ``max(x) - x[token]``.
-    Otherwise ``T * max(0, best score - score of token)``, the best taken over the tokens that
-    survive the filters, when ``token`` survives them with the edges widened by
-    :data:`EDGE_SLACK_LOGIT` and :data:`EDGE_SLACK_PROB` (so that honest logit noise at a
-    top-k/top-p edge costs nothing); for a token outside even the widened filters, plus ``T``
-    times the gap between its scaled logit and the lowest surviving one. Honest logit noise
+    Otherwise, when ``token`` survives the filters with the edges widened by
+    :data:`EDGE_SLACK_LOGIT` and :data:`EDGE_SLACK_PROB`: ``T * max(0, best - score of
+    token)``, the best taken over the tokens that *surely* survive them (:func:`compute_sure`:
+    the edges narrowed by the same slack), so honest logit noise at a top-k/top-p edge, which
+    can swap an edge token in or out, costs nothing. For a token outside even the widened
+    filters: that, plus ``T`` times the gap between its scaled logit and the lowest surviving
+    one. Honest logit noise
     gives margins near 0; a token chosen by another rule gives margins of the order of the
     logit spread.
     """
@@ -107,11 +139,13 @@ def compute_sampler_margin(
         scaled = (x - x.max()) / t
     allowed = compute_allowed(scaled, params)
     scores = scaled + compute_gumbel_noise(seed, position, x.shape[0])
-    best = float(np.max(np.where(allowed, scores, -np.inf)))
     if (
         allowed[token]
         or compute_allowed(scaled, params, EDGE_SLACK_LOGIT / t, EDGE_SLACK_PROB)[token]
     ):
-        return float(t * max(0.0, best - scores[token]))
+        sure = compute_sure(scaled, params, EDGE_SLACK_LOGIT / t, EDGE_SLACK_PROB)
+        best_sure = float(np.max(np.where(sure, scores, -np.inf), initial=-np.inf))
+        return float(t * max(0.0, best_sure - scores[token]))
+    best = float(np.max(np.where(allowed, scores, -np.inf)))
     gap = float(np.min(scaled[allowed]) - scaled[token])
     return float(t * (max(0.0, gap) + max(0.0, best - scores[token])))

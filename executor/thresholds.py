@@ -28,7 +28,7 @@ def load_thresholds(backend: str = "torch-cpu", dtype: str = "float32") -> Thres
     data = json.loads(path.read_text())
     bands = {
         name: Band(float(data[name]["accept_max"]), float(data[name]["reject_min"]))
-        for name in ("layer", "embedding", "sampler")
+        for name in ("layer", "embedding", "sampler", "sequence")
     }
     for name, band in bands.items():
         if not 0 <= band.accept_max <= band.reject_min:

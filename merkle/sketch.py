@@ -27,9 +27,9 @@ SKETCH_PRIME = 65521
 SKETCH_TOLERANCE = 2.0**-7
 """An entry matches when ``|committed - recomputed| <= SKETCH_TOLERANCE * |recomputed|``.
 
-bfloat16 keeps 8 significant bits, so rounding alone moves a value by at most ``2**-9``
-relative; ``2**-7`` leaves room for honest float32 noise many orders of magnitude larger
-than measured (docs/calibration.md) while a changed value almost never lands inside it.
+bfloat16 keeps 8 significant bits, so rounding alone moves a value by at most ``2**-8``
+relative; ``2**-7`` is twice that, which leaves room for honest float32 noise orders of
+magnitude larger than measured (docs/calibration.md).
 """
 
 _BF16_NAN_MIN = 0x7F81  # bit patterns at or above 0x7F81 (sign stripped) are NaN
@@ -176,7 +176,11 @@ def measure_chunk(flat: npt.NDArray[np.float32], data: bytes) -> float:
     """Return the fraction of our own top entries whose committed value does not match."""
     coeffs = decode_chunk(data)
     idx = select_top(flat)
-    committed = evaluate(coeffs, _field_points(idx))
+    points = _field_points(idx)
+    _, first = np.unique(points, return_index=True)
+    keep = np.sort(first)  # as in encode_chunk: a colliding smaller entry is not committed
+    idx, points = idx[keep], points[keep]
+    committed = evaluate(coeffs, points)
     finite = (committed & 0x7FFF) < _BF16_NAN_MIN
     values = from_bf16_bits(np.where(finite, committed, 0)).astype(np.float64)
     own = flat[idx].astype(np.float64)

@@ -10,6 +10,7 @@ import math
 
 from google.protobuf.message import Message
 
+from bft.confirmation import Confirmation, Finding
 from bft.errors import Malformed
 from bft.messages import (
     MAX_LAYERS,
@@ -30,9 +31,11 @@ from bft.messages import (
 )
 from bft.receipt import Receipt
 from bft.types import Digest, ModelId, PublicKey, Signature
+from bft.validators import Endorsement, SignedValidatorSet, Validator, ValidatorSet
 from merkle.sketch import SketchCheck
 from merkle.tree import MAX_PROOF_STEPS, MerkleProof, ProofStep
 from proto import verihive_pb2 as pb
+from slashing.records import Offence, SlashRecord
 
 MAX_VALIDATORS = 4096
 MAX_OPENINGS = 1 << 16
@@ -241,6 +244,7 @@ def vote_to_pb(v: Vote) -> pb.Vote:
                 chunks=c.chunks,
                 max_rel_error=c.max_rel_error,
                 worst_position=c.worst_position,
+                witness=c.witness,
             )
             for c in v.layer_checks
         ],
@@ -281,6 +285,7 @@ def vote_from_pb(m: pb.Vote) -> Vote:
                 chunks=tuple(c.chunks),
                 max_rel_error=_finite(c.max_rel_error, "max_rel_error"),
                 worst_position=c.worst_position,
+                witness=_finite(c.witness, "witness"),
             )
             for c in m.layer_checks
         ),
@@ -355,12 +360,47 @@ def evidence_from_pb(m: pb.Evidence) -> Evidence:
     )
 
 
+def validator_set_to_pb(s: SignedValidatorSet) -> pb.SignedValidatorSet:
+    """Return the protobuf form of the signed validator set ``s``."""
+    v = s.vset
+    return pb.SignedValidatorSet(
+        set=pb.ValidatorSet(
+            network_id=v.network_id,
+            epoch=v.epoch,
+            previous=v.previous,
+            validators=[pb.Validator(key=m.key, trust=m.trust) for m in v.validators],
+        ),
+        endorsements=[pb.Endorsement(key=e.key, signature=e.signature) for e in s.endorsements],
+    )
+
+
+def validator_set_from_pb(m: pb.SignedValidatorSet) -> SignedValidatorSet:
+    """Return a structurally valid signed validator set (endorsements not yet checked)."""
+    _require(m, "set")
+    if len(m.set.validators) > MAX_VALIDATORS or len(m.endorsements) > MAX_VALIDATORS:
+        raise Malformed("too many validators or endorsements")
+    vset = ValidatorSet(
+        network_id=m.set.network_id,
+        epoch=m.set.epoch,
+        validators=tuple(Validator(PublicKey(v.key), v.trust) for v in m.set.validators),
+        previous=Digest(m.set.previous),
+    )
+    vset.validate()
+    endorsements = tuple(
+        Endorsement(PublicKey(e.key), Signature(e.signature)) for e in m.endorsements
+    )
+    for e in endorsements:
+        if len(e.key) != 32 or len(e.signature) != 64:
+            raise Malformed("endorsement key or signature has the wrong size")
+    return SignedValidatorSet(vset, endorsements)
+
+
 def receipt_to_pb(r: Receipt) -> pb.Receipt:
     """Return the protobuf form of ``r``."""
     return pb.Receipt(
         request=request_to_pb(r.request),
         commitment=commitment_to_pb(r.signed_commitment),
-        validators=list(r.validators),
+        validator_set=validator_set_to_pb(r.validator_set),
         votes=[vote_to_pb(v) for v in r.votes],
     )
 
@@ -369,14 +409,86 @@ def receipt_from_pb(m: pb.Receipt) -> Receipt:
     """Return a structurally valid receipt from ``m`` (signatures not yet checked)."""
     _require(m, "request")
     _require(m, "commitment")
-    if len(m.validators) > MAX_VALIDATORS or len(m.votes) > MAX_VALIDATORS:
-        raise Malformed("too many validators or votes")
-    for key in m.validators:
-        if len(key) != 32:
-            raise Malformed("validator key must be 32 bytes")
+    _require(m, "validator_set")
+    if len(m.votes) > MAX_VALIDATORS:
+        raise Malformed("too many votes")
     return Receipt(
         request=request_from_pb(m.request),
         signed_commitment=commitment_from_pb(m.commitment),
-        validators=tuple(PublicKey(k) for k in m.validators),
+        validator_set=validator_set_from_pb(m.validator_set),
         votes=tuple(vote_from_pb(v) for v in m.votes),
     )
+
+
+def confirmation_to_pb(c: Confirmation) -> pb.Confirmation:
+    """Return the protobuf form of ``c``."""
+    return pb.Confirmation(
+        network_id=c.network_id,
+        request_digest=c.request_digest,
+        commitment_digest=c.commitment_digest,
+        accusation_digest=c.accusation_digest,
+        verifier_key=c.verifier_key,
+        finding=int(c.finding),  # type: ignore[arg-type]
+        measured=c.measured,
+        detail=c.detail,
+        signature=c.signature,
+    )
+
+
+def confirmation_from_pb(m: pb.Confirmation) -> Confirmation:
+    """Return a structurally valid confirmation (signature not yet checked)."""
+    try:
+        finding = Finding(m.finding)
+    except ValueError as exc:
+        raise Malformed(f"unknown finding {m.finding}") from exc
+    c = Confirmation(
+        network_id=m.network_id,
+        request_digest=Digest(m.request_digest),
+        commitment_digest=Digest(m.commitment_digest),
+        accusation_digest=Digest(m.accusation_digest),
+        verifier_key=PublicKey(m.verifier_key),
+        finding=finding,
+        measured=_finite(m.measured, "measured"),
+        detail=m.detail,
+        signature=Signature(m.signature),
+    )
+    c.validate()
+    return c
+
+
+def slash_to_pb(r: SlashRecord, vset: SignedValidatorSet) -> pb.SlashProof:
+    """Return the protobuf form of the slash record ``r`` with its epoch's validator set."""
+    return pb.SlashProof(
+        offence=r.offence.value,
+        offender=r.offender,
+        request=request_to_pb(r.request),
+        commitment=commitment_to_pb(r.signed),
+        accusation=vote_to_pb(r.accusation) if r.accusation else None,
+        confirmations=[confirmation_to_pb(c) for c in r.confirmations],
+        votes=[vote_to_pb(v) for v in r.votes],
+        validator_set=validator_set_to_pb(vset),
+    )
+
+
+def slash_from_pb(m: pb.SlashProof) -> tuple[SlashRecord, SignedValidatorSet]:
+    """Return a structurally valid slash record and its validator set (nothing checked yet)."""
+    for name in ("request", "commitment", "validator_set"):
+        _require(m, name)
+    try:
+        offence = Offence(m.offence)
+    except ValueError as exc:
+        raise Malformed(f"unknown offence {m.offence!r}") from exc
+    if len(m.offender) != 32:
+        raise Malformed("offender key must be 32 bytes")
+    if len(m.confirmations) > MAX_VALIDATORS or len(m.votes) > 2:
+        raise Malformed("too many confirmations or votes")
+    record = SlashRecord(
+        offence=offence,
+        offender=PublicKey(m.offender),
+        request=request_from_pb(m.request),
+        signed=commitment_from_pb(m.commitment),
+        accusation=vote_from_pb(m.accusation) if m.HasField("accusation") else None,
+        confirmations=tuple(confirmation_from_pb(c) for c in m.confirmations),
+        votes=tuple(vote_from_pb(v) for v in m.votes),
+    )
+    return record, validator_set_from_pb(m.validator_set)

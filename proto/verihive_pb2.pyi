@@ -69,6 +69,23 @@ CHECK_EQUIVOCATION: EvidenceCheck.ValueType  # 7
 CHECK_SEQUENCE: EvidenceCheck.ValueType  # 8
 Global___EvidenceCheck: _TypeAlias = EvidenceCheck  # noqa: Y015
 
+class _Finding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FindingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Finding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FINDING_UNSPECIFIED: _Finding.ValueType  # 0
+    FINDING_CONFIRM: _Finding.ValueType  # 1
+    FINDING_REFUTE: _Finding.ValueType  # 2
+
+class Finding(_Finding, metaclass=_FindingEnumTypeWrapper): ...
+
+FINDING_UNSPECIFIED: Finding.ValueType  # 0
+FINDING_CONFIRM: Finding.ValueType  # 1
+FINDING_REFUTE: Finding.ValueType  # 2
+Global___Finding: _TypeAlias = Finding  # noqa: Y015
+
 @_typing.final
 class SamplingParams(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -417,9 +434,12 @@ class LayerCheck(_message.Message):
     CHUNKS_FIELD_NUMBER: _builtins.int
     MAX_REL_ERROR_FIELD_NUMBER: _builtins.int
     WORST_POSITION_FIELD_NUMBER: _builtins.int
+    WITNESS_FIELD_NUMBER: _builtins.int
     layer: _builtins.int
     max_rel_error: _builtins.float
     worst_position: _builtins.int
+    witness: _builtins.float
+    """sum of the attention update's norms (proof of work)"""
     @_builtins.property
     def chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -429,10 +449,11 @@ class LayerCheck(_message.Message):
         chunks: _abc.Iterable[_builtins.int] | None = ...,
         max_rel_error: _builtins.float = ...,
         worst_position: _builtins.int = ...,
+        witness: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "layer", b"layer", "max_rel_error", b"max_rel_error", "worst_position", b"worst_position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "layer", b"layer", "max_rel_error", b"max_rel_error", "witness", b"witness", "worst_position", b"worst_position"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,40 +628,213 @@ class Vote(_message.Message):
 Global___Vote: _TypeAlias = Vote  # noqa: Y015
 
 @_typing.final
+class Validator(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    TRUST_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    """raw Ed25519 public key"""
+    trust: _builtins.int
+    """1..1000000"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        trust: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "trust", b"trust"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Validator: _TypeAlias = Validator  # noqa: Y015
+
+@_typing.final
+class ValidatorSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    VALIDATORS_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    epoch: _builtins.int
+    previous: _builtins.bytes
+    """digest of the previous epoch's set; 32 zero bytes at genesis"""
+    @_builtins.property
+    def validators(self) -> _containers.RepeatedCompositeFieldContainer[Global___Validator]:
+        """sorted by node id"""
+
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        previous: _builtins.bytes = ...,
+        validators: _abc.Iterable[Global___Validator] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "network_id", b"network_id", "previous", b"previous", "validators", b"validators"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidatorSet: _TypeAlias = ValidatorSet  # noqa: Y015
+
+@_typing.final
+class Endorsement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    signature: _builtins.bytes
+    """Ed25519 over the set's digest"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Endorsement: _TypeAlias = Endorsement  # noqa: Y015
+
+@_typing.final
+class SignedValidatorSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SET_FIELD_NUMBER: _builtins.int
+    ENDORSEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def set(self) -> Global___ValidatorSet: ...
+    @_builtins.property
+    def endorsements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endorsement]: ...
+    def __init__(
+        self,
+        *,
+        set: Global___ValidatorSet | None = ...,
+        endorsements: _abc.Iterable[Global___Endorsement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set", b"set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endorsements", b"endorsements", "set", b"set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedValidatorSet: _TypeAlias = SignedValidatorSet  # noqa: Y015
+
+@_typing.final
 class Receipt(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
     COMMITMENT_FIELD_NUMBER: _builtins.int
-    VALIDATORS_FIELD_NUMBER: _builtins.int
     VOTES_FIELD_NUMBER: _builtins.int
+    VALIDATOR_SET_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def request(self) -> Global___InferenceRequest: ...
     @_builtins.property
     def commitment(self) -> Global___SignedCommitment: ...
     @_builtins.property
-    def validators(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """raw Ed25519 public keys of the validator set"""
-
-    @_builtins.property
     def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vote]:
         """the quorum certificate"""
 
+    @_builtins.property
+    def validator_set(self) -> Global___SignedValidatorSet: ...
     def __init__(
         self,
         *,
         request: Global___InferenceRequest | None = ...,
         commitment: Global___SignedCommitment | None = ...,
-        validators: _abc.Iterable[_builtins.bytes] | None = ...,
         votes: _abc.Iterable[Global___Vote] | None = ...,
+        validator_set: Global___SignedValidatorSet | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "request", b"request", "validator_set", b"validator_set"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "request", b"request", "validators", b"validators", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "request", b"request", "validator_set", b"validator_set", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class Confirmation(_message.Message):
+    """A committee member's signed finding on a REJECT's evidence ([CONFIRM.2])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    COMMITMENT_DIGEST_FIELD_NUMBER: _builtins.int
+    ACCUSATION_DIGEST_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_FIELD_NUMBER: _builtins.int
+    FINDING_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    request_digest: _builtins.bytes
+    commitment_digest: _builtins.bytes
+    accusation_digest: _builtins.bytes
+    """the REJECT vote's signing root"""
+    verifier_key: _builtins.bytes
+    finding: Global___Finding.ValueType
+    measured: _builtins.float
+    detail: _builtins.str
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        request_digest: _builtins.bytes = ...,
+        commitment_digest: _builtins.bytes = ...,
+        accusation_digest: _builtins.bytes = ...,
+        verifier_key: _builtins.bytes = ...,
+        finding: Global___Finding.ValueType = ...,
+        measured: _builtins.float = ...,
+        detail: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accusation_digest", b"accusation_digest", "commitment_digest", b"commitment_digest", "detail", b"detail", "finding", b"finding", "measured", b"measured", "network_id", b"network_id", "request_digest", b"request_digest", "signature", b"signature", "verifier_key", b"verifier_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Confirmation: _TypeAlias = Confirmation  # noqa: Y015
+
+@_typing.final
+class ConfirmRequest(_message.Message):
+    """The request and the accused commitment travel inside the accusation's evidence, so a
+    confirmation request is no larger than the vote the assembler already accepted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCUSATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accusation(self) -> Global___Vote:
+        """a REJECT vote with evidence"""
+
+    def __init__(
+        self,
+        *,
+        accusation: Global___Vote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmRequest: _TypeAlias = ConfirmRequest  # noqa: Y015
 
 @_typing.final
 class NodeInfoRequest(_message.Message):
@@ -789,12 +983,30 @@ class Attempt(_message.Message):
     VOTES_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CONFIRMATIONS_FIELD_NUMBER: _builtins.int
+    SLASHES_FIELD_NUMBER: _builtins.int
+    PENALTIES_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.bytes
     accepted: _builtins.bool
     reason: _builtins.str
     seconds: _builtins.float
+    outcome: _builtins.str
+    """certified, rejected, failed"""
     @_builtins.property
     def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vote]: ...
+    @_builtins.property
+    def confirmations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Confirmation]:
+        """the confirmation rounds of its REJECTs"""
+
+    @_builtins.property
+    def slashes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slash]:
+        """keys tombstoned by this attempt"""
+
+    @_builtins.property
+    def penalties(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slash]:
+        """accusers penalised for refuted REJECTs"""
+
     def __init__(
         self,
         *,
@@ -803,14 +1015,109 @@ class Attempt(_message.Message):
         votes: _abc.Iterable[Global___Vote] | None = ...,
         reason: _builtins.str = ...,
         seconds: _builtins.float = ...,
+        outcome: _builtins.str = ...,
+        confirmations: _abc.Iterable[Global___Confirmation] | None = ...,
+        slashes: _abc.Iterable[Global___Slash] | None = ...,
+        penalties: _abc.Iterable[Global___Slash] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "executor_id", b"executor_id", "reason", b"reason", "seconds", b"seconds", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "confirmations", b"confirmations", "executor_id", b"executor_id", "outcome", b"outcome", "penalties", b"penalties", "reason", b"reason", "seconds", b"seconds", "slashes", b"slashes", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
+
+@_typing.final
+class Slash(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    OFFENCE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    offence: _builtins.str
+    """executor-fraud, executor-equivocation, executor-bad-opening,"""
+    detail: _builtins.str
+    """verifier-double-vote, false-accusation"""
+    @_builtins.property
+    def proof(self) -> Global___SlashProof:
+        """set for slashes (not for penalties)"""
+
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        offence: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        proof: Global___SlashProof | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "key", b"key", "offence", b"offence", "proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Slash: _TypeAlias = Slash  # noqa: Y015
+
+@_typing.final
+class SlashProof(_message.Message):
+    """What a slash proves, checkable offline by `bft-verify slash` ([SLASH.1]); a slash file is one
+    serialized SlashProof (at most 64 MiB).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFENCE_FIELD_NUMBER: _builtins.int
+    OFFENDER_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    ACCUSATION_FIELD_NUMBER: _builtins.int
+    CONFIRMATIONS_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    VALIDATOR_SET_FIELD_NUMBER: _builtins.int
+    offence: _builtins.str
+    offender: _builtins.bytes
+    @_builtins.property
+    def request(self) -> Global___InferenceRequest: ...
+    @_builtins.property
+    def commitment(self) -> Global___SignedCommitment: ...
+    @_builtins.property
+    def accusation(self) -> Global___Vote:
+        """executor offences: the REJECT vote with its evidence"""
+
+    @_builtins.property
+    def confirmations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Confirmation]:
+        """executor-fraud: 2f+1 CONFIRMs"""
+
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vote]:
+        """verifier-double-vote: the ACCEPT and the REJECT"""
+
+    @_builtins.property
+    def validator_set(self) -> Global___SignedValidatorSet:
+        """the request's epoch"""
+
+    def __init__(
+        self,
+        *,
+        offence: _builtins.str = ...,
+        offender: _builtins.bytes = ...,
+        request: Global___InferenceRequest | None = ...,
+        commitment: Global___SignedCommitment | None = ...,
+        accusation: Global___Vote | None = ...,
+        confirmations: _abc.Iterable[Global___Confirmation] | None = ...,
+        votes: _abc.Iterable[Global___Vote] | None = ...,
+        validator_set: Global___SignedValidatorSet | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation", "commitment", b"commitment", "request", b"request", "validator_set", b"validator_set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation", "commitment", b"commitment", "confirmations", b"confirmations", "offence", b"offence", "offender", b"offender", "request", b"request", "validator_set", b"validator_set", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlashProof: _TypeAlias = SlashProof  # noqa: Y015
 
 @_typing.final
 class InferResponse(_message.Message):

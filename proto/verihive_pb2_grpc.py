@@ -202,6 +202,11 @@ class VerifierStub:
                 request_serializer=proto_dot_verihive__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=proto_dot_verihive__pb2.Vote.FromString,
                 _registered_method=True)
+        self.Confirm = channel.unary_unary(
+                '/verihive.v1.Verifier/Confirm',
+                request_serializer=proto_dot_verihive__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=proto_dot_verihive__pb2.Confirmation.FromString,
+                _registered_method=True)
 
 
 class VerifierServicer:
@@ -219,6 +224,12 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Confirm(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +242,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=proto_dot_verihive__pb2.VerifyRequest.FromString,
                     response_serializer=proto_dot_verihive__pb2.Vote.SerializeToString,
+            ),
+            'Confirm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Confirm,
+                    request_deserializer=proto_dot_verihive__pb2.ConfirmRequest.FromString,
+                    response_serializer=proto_dot_verihive__pb2.Confirmation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -287,6 +303,33 @@ class Verifier:
             '/verihive.v1.Verifier/Verify',
             proto_dot_verihive__pb2.VerifyRequest.SerializeToString,
             proto_dot_verihive__pb2.Vote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Confirm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verihive.v1.Verifier/Confirm',
+            proto_dot_verihive__pb2.ConfirmRequest.SerializeToString,
+            proto_dot_verihive__pb2.Confirmation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,12 +75,14 @@ class VerifierStub:
     def __new__(cls, channel: _aio.Channel) -> VerifierAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]
     Verify: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.VerifyRequest, _verihive_pb2.Vote]
+    Confirm: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.ConfirmRequest, _verihive_pb2.Confirmation]
 
 @_typing.type_check_only
 class VerifierAsyncStub(VerifierStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]  # type: ignore[assignment]
     Verify: _aio.UnaryUnaryMultiCallable[_verihive_pb2.VerifyRequest, _verihive_pb2.Vote]  # type: ignore[assignment]
+    Confirm: _aio.UnaryUnaryMultiCallable[_verihive_pb2.ConfirmRequest, _verihive_pb2.Confirmation]  # type: ignore[assignment]
 
 class VerifierServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -96,6 +98,13 @@ class VerifierServicer(metaclass=_abc_1.ABCMeta):
         request: _verihive_pb2.VerifyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.Vote, _abc.Awaitable[_verihive_pb2.Vote]]: ...
+
+    @_abc_1.abstractmethod
+    def Confirm(
+        self,
+        request: _verihive_pb2.ConfirmRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verihive_pb2.Confirmation, _abc.Awaitable[_verihive_pb2.Confirmation]]: ...
 
 def add_VerifierServicer_to_server(servicer: VerifierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -20,6 +20,8 @@ from bft.assembler import (
     check_commitment,
     compute_request,
     compute_tally,
+    open_disputes,
+    process_confirmation_vote,
     process_vote,
 )
 from bft.challenge import compute_commitment_challenge
@@ -37,6 +39,7 @@ from bft.messages import (
 )
 from bft.receipt import Receipt
 from bft.types import PublicKey, Signature
+from bft.validators import SignedValidatorSet, make_genesis
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
@@ -138,6 +141,7 @@ class Network:
     verifiers: dict[PublicKey, VerifierCore]
     executor_key: SigningKey
     executor: ExecutorCore
+    validator_set: SignedValidatorSet
 
     @property
     def validators(self) -> tuple[PublicKey, ...]:
@@ -163,7 +167,7 @@ class Network:
             self.lm.model_id,
             prompt,
             sampling,
-            self.validators,
+            self.validator_set.vset,
         )
 
     def run(
@@ -172,6 +176,7 @@ class Network:
         executor: ExecutorCore | None = None,
         check_commitments: bool = True,
         check_at_assembler: bool = True,
+        confirm: bool = True,
     ) -> Run:
         """Execute ``request`` on ``executor`` (default: the honest one) and collect all votes.
 
@@ -180,13 +185,14 @@ class Network:
         would sign; ``check_at_assembler=False`` skips the assembler's [ASM.2], so that verifiers
         see commitments an assembler would refuse. ``sessions`` holds each member's last
         session and ``responses`` the last openings it was served (none after a [VERIFY.1]
-        REJECT).
+        REJECT). ``confirm`` runs the confirmation round of every REJECT with every committee
+        member's own audit ([CONFIRM.1]); without it the tally stays DISPUTED.
         """
         ex = executor or self.executor
         signed = ex.on_execute(request)
         if check_at_assembler:
             check_commitment(request, signed, ex.key.node_id)
-        tally = compute_tally(request, signed, self.validators)
+        tally = compute_tally(request, signed, self.validator_set.vset)
         sessions, responses, votes = {}, {}, []
         for pk in tally.committee:
             v = verify(self.verifiers[pk], ex, request, signed, check_commitments)
@@ -195,6 +201,13 @@ class Network:
                 responses[pk] = v.responses[-1]
             votes.append(v.vote)
             tally = process_vote(tally, v.vote)
+        if confirm:
+            tally = open_disputes(tally)
+            for d in tally.disputes:
+                for pk in tally.committee:
+                    conf = self.verifiers[pk].confirm(request, signed, d.accusation)
+                    if conf is not None:
+                        tally = process_confirmation_vote(tally, conf)
         return Run(request, signed, sessions, responses, tuple(votes), tally)
 
 
@@ -217,7 +230,8 @@ def get_network() -> Network:
     }
     executor_key = make_key("executor")
     executor = ExecutorCore(executor_key, backend, lm.model_id, NETWORK_ID, CHUNK_SIZE)
-    return Network(lm, backend, policy, keys, verifiers, executor_key, executor)
+    genesis = make_genesis(NETWORK_ID, keys)
+    return Network(lm, backend, policy, keys, verifiers, executor_key, executor, genesis)
 
 
 @functools.cache
@@ -230,7 +244,7 @@ def get_honest_run() -> Run:
 @functools.cache
 def get_receipt() -> Receipt:
     """Return the receipt of the honest run (all four committee votes are ACCEPT)."""
-    return build_receipt(get_honest_run().tally, get_network().validators)
+    return build_receipt(get_honest_run().tally, get_network().validator_set)
 
 
 def resign_vote(vote: Vote, key: SigningKey, **changes: Any) -> Vote:

@@ -14,6 +14,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM
+from bft.byzantine import VERIFIER_MODES
 from bft.crypto import compute_node_id
 from bft.errors import Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
@@ -27,6 +28,13 @@ from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
 from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
 
 MAX_EVIDENCE_BYTES = 64 << 20
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text} is not in [1, 64]")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -60,6 +68,14 @@ def _vote_obj(v: pb.Vote) -> dict[str, Any]:
     return obj
 
 
+def _slash_obj(x: pb.Slash) -> dict[str, str]:
+    return {
+        "key": x.key.hex(),
+        "node": compute_node_id(PublicKey(x.key)).hex(),
+        "offence": x.offence,
+    }
+
+
 def build_result(
     reply: pb.InferResponse, model_name: str, model_id: bytes, seconds: float
 ) -> dict[str, Any]:
@@ -83,6 +99,17 @@ def build_result(
                 "verdicts": [Verdict(v.verdict).name for v in a.votes],
                 "votes": [_vote_obj(v) for v in a.votes],
                 "reason": a.reason,
+                "outcome": a.outcome,
+                "confirmations": [
+                    {
+                        "verifier": c.verifier_key.hex(),
+                        "finding": "CONFIRM" if c.finding == pb.FINDING_CONFIRM else "REFUTE",
+                        "detail": c.detail,
+                    }
+                    for c in a.confirmations
+                ],
+                "slashed": [_slash_obj(x) for x in a.slashes],
+                "penalised": [_slash_obj(x) for x in a.penalties],
                 "seconds": round(a.seconds, 3),
             }
             for a in reply.attempts
@@ -96,7 +123,7 @@ def format_summary(result: dict[str, Any]) -> str:
     lines = [result["text"] if result["accepted"] else "(no certified answer)", "", "verification:"]
     lines.append(f"  model        {result['model']}  model_id {result['model_id'][:16]}")
     for i, a in enumerate(result["attempts"], 1):
-        status = "ACCEPTED" if a["accepted"] else "REJECTED"
+        status = "ACCEPTED" if a["accepted"] else (a["outcome"] or "rejected").upper()
         lines.append(
             f"  attempt {i}    executor {a['executor'][:12]}  {status}  ({a['seconds']:.2f}s)"
         )
@@ -108,6 +135,16 @@ def format_summary(result: dict[str, Any]) -> str:
                 f"    verifier {v['verifier'][:12]}  {v['verdict']:<11} layers {layers:<7}"
                 f" max error {v['max_error']:.2e}"
             )
+        if a["confirmations"]:
+            found = [c["finding"] for c in a["confirmations"]]
+            lines.append(
+                f"    confirmation round: {found.count('CONFIRM')} CONFIRM, "
+                f"{found.count('REFUTE')} REFUTE"
+            )
+        for x in a["slashed"]:
+            lines.append(f"    slashed    {x['node'][:12]}  {x['offence']} (key tombstoned)")
+        for x in a["penalised"]:
+            lines.append(f"    penalised  {x['node'][:12]}  {x['offence']} (trust halved)")
     if result["accepted"]:
         accepts = sum(1 for v in result["votes"] if v["verdict"] == "ACCEPT")
         lines.append(f"  executor     {result['executor'][:12]}")
@@ -129,11 +166,21 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--receipt-out", type=Path, help="write the receipt JSON to this file")
     p.add_argument(
+        "--slashes-out",
+        type=Path,
+        help="write each slash record (protobuf verihive.v1.SlashProof) into this directory",
+    )
+    p.add_argument(
         "--evidence-out",
         type=Path,
         help="write the evidence of the first REJECT vote (protobuf verihive.v1.Evidence)",
     )
     p.add_argument("--byzantine-executor", choices=MODES, help="make the first executor lie")
+    p.add_argument(
+        "--byzantine-verifier",
+        choices=VERIFIER_MODES,
+        help="make verifier 0 lie (double-vote: it gets a twin with the same key)",
+    )
     p.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)
@@ -154,6 +201,15 @@ def infer_main(argv: list[str] | None = None) -> int:
         default=DEFAULT_SEQUENCE_CHECK_PPM / 1e6,
         help="q, chance that a verifier also checks the whole sequence against the sketch",
     )
+    p.add_argument("--executors", type=_positive, default=2, help="executors in the local network")
+    p.add_argument(
+        "--hedge", type=_positive, default=1, help="executors each request is sent to at once"
+    )
+    p.add_argument(
+        "--hedge-verify-all",
+        action="store_true",
+        help="verify every hedged result (else the first certified wins)",
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -165,6 +221,10 @@ def infer_main(argv: list[str] | None = None) -> int:
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
     config = LocalNetConfig(
         byzantine_executor=args.byzantine_executor,
+        byzantine_verifier=args.byzantine_verifier,
+        num_executors=args.executors,
+        hedge=args.hedge,
+        hedge_verify_all=args.hedge_verify_all,
         layers_per_verifier=args.layers_per_verifier,
         positions_per_verifier=args.positions_per_verifier,
         sequence_check_ppm=round(args.sequence_check * 1e6),
@@ -198,6 +258,13 @@ def infer_main(argv: list[str] | None = None) -> int:
         )
         if evidence is not None:
             args.evidence_out.write_bytes(evidence.SerializeToString())
+    if args.slashes_out:
+        args.slashes_out.mkdir(parents=True, exist_ok=True)
+        for a in reply.attempts:
+            for x in a.slashes:
+                node = compute_node_id(PublicKey(x.key)).hex()[:16]
+                out = args.slashes_out / f"{node}-{x.offence}.slash"
+                out.write_bytes(x.proof.SerializeToString())
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0 if reply.accepted else 1
 
@@ -268,6 +335,56 @@ def _load_auditor(model_id: bytes, which: str) -> Any:
     return None
 
 
+def _check_slash_file(path: Path, model: str) -> int:
+    """Run ``bft-verify slash``: endorsements, committee and quorum, then the evidence. [SLASH.1]"""
+    from bft.confirmation import is_model_free
+    from bft.evidence import audit_evidence
+    from bft.validators import check_validator_set
+    from executor.thresholds import load_thresholds
+    from slashing.records import check_slash
+
+    try:
+        data = path.read_bytes()
+        if len(data) > MAX_EVIDENCE_BYTES:
+            raise Malformed(f"slash file larger than {MAX_EVIDENCE_BYTES} bytes")
+        message = pb.SlashProof()
+        try:
+            message.ParseFromString(data)
+        except DecodeError as exc:
+            raise Malformed(f"not a verihive.v1.SlashProof message: {exc}") from exc
+        record, vset = convert.slash_from_pb(message)
+    except OSError as exc:
+        print(f"malformed: cannot read {path}: {exc.strerror}")
+        return 2
+    except ProtocolError as exc:
+        print(f"malformed: {exc}")
+        return 2
+    try:
+        check_validator_set(vset)
+        check_slash(record, vset.vset)
+    except ProtocolError as exc:
+        print(f"not proven: {exc}")
+        return 1
+    who = short_hex(compute_node_id(record.offender))
+    acc = record.accusation
+    if acc is None or acc.evidence is None or is_model_free(acc):
+        print(f"proven: {who} {record.offence.value} (signatures and hashes)")
+        return 0
+    auditor = _load_auditor(acc.evidence.signed.commitment.model_id, model)
+    if auditor is None:
+        print("cannot audit: this evidence needs a model this machine does not hold")
+        return 3
+    result = audit_evidence(acc.evidence, auditor, load_thresholds())
+    if not result.proven:
+        print(f"not proven: {result.check.value}: {result.detail}")
+        return 1
+    print(
+        f"proven: {who} {record.offence.value}: {len(record.confirmations)} committee "
+        f"confirmations; re-measured here: {result.detail}"
+    )
+    return 0
+
+
 def verify_main(argv: list[str] | None = None) -> int:
     """Run ``bft-verify``: offline checks (``receipt FILE``)."""
     p = argparse.ArgumentParser(prog="bft-verify", description="verihive validator tools")
@@ -288,9 +405,18 @@ def verify_main(argv: list[str] | None = None) -> int:
     )
     a.add_argument("file", type=Path)
     a.add_argument("--model", choices=("auto", "smollm2", "tiny"), default="auto")
+    s = sub.add_parser(
+        "slash",
+        help="re-check a slash record offline (exit 0 proven, 1 not proven, 2 malformed,"
+        " 3 model not held)",
+    )
+    s.add_argument("file", type=Path)
+    s.add_argument("--model", choices=("auto", "smollm2", "tiny"), default="auto")
     args = p.parse_args(argv)
     if args.command == "audit":
         return _audit(args.file, args.model)
+    if args.command == "slash":
+        return _check_slash_file(args.file, args.model)
     if args.command == "receipt":
         try:
             data = args.file.read_bytes()

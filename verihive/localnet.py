@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
+from bft.byzantine import make_byzantine_verifier
 from bft.crypto import SigningKey
+from bft.validators import make_genesis
 from bft.verifier import Thresholds, VerifierCore
 from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
@@ -41,8 +43,13 @@ class LocalNetConfig:
     layers_per_verifier: int = 2
     positions_per_verifier: int = 4
     sequence_check_ppm: int = DEFAULT_SEQUENCE_CHECK_PPM
+    hedge: int = 1
+    hedge_verify_all: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
     byzantine_executor: str | None = None
+    byzantine_verifier: str | None = None
+    """Mode of ``bft.byzantine`` for verifier 0 (``double-vote``: an honest verifier plus a
+    lying twin server with the same key)."""
     network_id: str = DEFAULT_NETWORK_ID
     thresholds: Thresholds = field(default_factory=load_thresholds)
 
@@ -103,9 +110,10 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
             servers.append(server)
             executor_addresses.append(_serve(server))
         verifier_addresses = []
-        for _ in range(config.num_verifiers):
+        verifier_keys = [SigningKey.generate() for _ in range(config.num_verifiers)]
+        for i, vkey in enumerate(verifier_keys):
             vcore = VerifierCore(
-                SigningKey.generate(),
+                vkey,
                 backend,
                 loaded.model_id,
                 backend.info.num_layers,
@@ -113,12 +121,18 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
                 config.network_id,
                 config.thresholds,
             )
-            service = VerifierService(vcore, backend.info.name)
-            server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
-            pb_grpc.add_VerifierServicer_to_server(service, server)
-            servers.append(server)
-            verifier_services.append(service)
-            verifier_addresses.append(_serve(server))
+            cores = [vcore]
+            if i == 0 and config.byzantine_verifier == "double-vote":
+                cores.append(make_byzantine_verifier("always-reject", vcore))  # the twin
+            elif i == 0 and config.byzantine_verifier:
+                cores = [make_byzantine_verifier(config.byzantine_verifier, vcore)]
+            for vc in cores:
+                service = VerifierService(vc, backend.info.name)
+                server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
+                pb_grpc.add_VerifierServicer_to_server(service, server)
+                servers.append(server)
+                verifier_services.append(service)
+                verifier_addresses.append(_serve(server))
         executors = [
             fetch_peer(a, "executor", loaded.model_id, config.network_id)
             for a in executor_addresses
@@ -133,9 +147,17 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
             layers_per_verifier=config.layers_per_verifier,
             positions_per_verifier=config.positions_per_verifier,
             sequence_check_ppm=config.sequence_check_ppm,
+            hedge=config.hedge,
+            hedge_verify_all=config.hedge_verify_all,
         )
         node = AssemblerNode(
-            SigningKey.generate(), policy, loaded.model_id, loaded.tokenizer, executors, verifiers
+            SigningKey.generate(),
+            policy,
+            loaded.model_id,
+            loaded.tokenizer,
+            executors,
+            verifiers,
+            make_genesis(config.network_id, verifier_keys),
         )
         server = make_server(max_workers=4)
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)

@@ -113,12 +113,16 @@ def make_server(max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
 def make_channel(address: str, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """Return an insecure channel to ``address`` with explicit message limits."""
+    """Return an insecure channel to ``address`` with explicit message limits.
+
+    A channel that may receive large messages may send them on too (the assembler forwards an
+    accusation, evidence included, to the committee's ``Confirm``).
+    """
     return grpc.insecure_channel(
         address,
         options=[
             ("grpc.max_receive_message_length", max_receive_bytes),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", max_receive_bytes),
         ],
     )
 

@@ -99,6 +99,19 @@ class VerifierService(pb_grpc.VerifierServicer):
         # start() inside run() raises on a bad executor signature: no vote at all.
         return convert.vote_to_pb(self.core.run(req, signed, fetch))
 
+    def Confirm(self, request: pb.ConfirmRequest, context: grpc.ServicerContext) -> pb.Confirmation:
+        """Audit the accusation's evidence with this verifier's model and sign the finding."""
+        if not request.HasField("accusation"):
+            raise Malformed("ConfirmRequest.accusation is missing")
+        accusation = convert.vote_from_pb(request.accusation)
+        if accusation.evidence is None:
+            raise Malformed("only a REJECT vote with evidence can be confirmed")
+        ev = accusation.evidence
+        conf = self.core.confirm(ev.request, ev.signed, accusation)
+        if conf is None:
+            raise Unavailable("this verifier does not hold the model the claim needs")
+        return convert.confirmation_to_pb(conf)
+
     def _channel(self, address: str) -> grpc.Channel:
         with self._lock:
             if address not in self._channels:

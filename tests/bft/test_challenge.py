@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,12 +16,13 @@ from bft.challenge import (
     compute_commitment_challenge,
     compute_sample,
     compute_seed,
+    draw_sequence_check,
 )
 from bft.crypto import SigningKey
 from bft.messages import TileRef, compute_challenge_message
 from bft.types import Digest, Signature
 from tests.stats import chi2_critical, chi2_statistic
-from tests.support import get_honest_run
+from tests.support import get_honest_run, get_network
 
 seeds = st.binary(min_size=32, max_size=32)
 signatures = st.binary(min_size=64, max_size=64).map(Signature)
@@ -307,6 +310,97 @@ def test_required_tiles_of_sampled_positions_are_last_boundary_tiles(sig, k, out
     want = {TileRef(6, (p - 1) // chunk_size) for p in ch.positions}
     assert added <= want <= set(ch.required_tiles())
     assert all(0 <= t.chunk < num_chunks for t in ch.required_tiles())
+
+
+# --- the whole-sequence sketch check [SKETCH.4]
+
+ppms = st.integers(0, 1_000_000)
+
+
+def reference_draw(seed: bytes, ppm: int) -> bool:
+    """Return the draw as [SKETCH.4] words it: u64(sha256(seed || "sequence")[:8]) < q * 2**64."""
+    x = int.from_bytes(hashlib.sha256(seed + b"sequence").digest()[:8], "big")
+    return x * 1_000_000 < ppm * 2**64
+
+
+@given(seeds, ppms)
+def test_sequence_draw_matches_the_reference_definition(seed, ppm):
+    assert draw_sequence_check(seed, ppm) is reference_draw(seed, ppm)
+    assert draw_sequence_check(seed, ppm) is draw_sequence_check(seed, ppm)
+
+
+@given(seeds)
+def test_sequence_draw_at_q_zero_never_and_at_q_one_always(seed):
+    assert draw_sequence_check(seed, 0) is False
+    assert draw_sequence_check(seed, 1_000_000) is True
+
+
+@given(seeds, ppms, ppms)
+def test_sequence_draw_is_monotone_in_q(seed, a, b):
+    # One threshold per seed: a larger q only adds draws.
+    lo, hi = sorted((a, b))
+    assert not draw_sequence_check(seed, lo) or draw_sequence_check(seed, hi)
+
+
+@pytest.mark.parametrize("ppm", [1_000, 100_000, 500_000, 900_000])
+def test_sequence_draw_has_probability_q(ppm):
+    # 4000 seeds; the bound is the binomial's at a two-sided false-alarm probability of 1e-6.
+    n, q = 4000, ppm / 1e6
+    hits = sum(
+        draw_sequence_check(hashlib.sha256(b"q" + i.to_bytes(4, "big")).digest(), ppm)
+        for i in range(n)
+    )
+    assert abs(hits - n * q) <= 4.9 * math.sqrt(n * q * (1 - q)) + 1
+
+
+@given(signatures, ppms)
+def test_challenge_draws_the_sequence_check_from_its_seed(sig, ppm):
+    base = compute_challenge(sig, 4, 2, 2, sequence_check_ppm=ppm)
+    assert base.sequence_check is draw_sequence_check(compute_seed(sig), ppm)
+    assert compute_challenge(sig, 4, 2, 2, sequence_check_ppm=ppm) == base
+    # The draw adds no tiles: the verifier recomputes the last boundary with its own prefill.
+    assert base.required_tiles() == compute_challenge(sig, 4, 2, 2).required_tiles()
+
+
+@given(signatures, ppms)
+def test_escalated_challenge_always_checks_the_sequence(sig, ppm):
+    assert compute_challenge(sig, 4, 2, 2, escalated=True, sequence_check_ppm=ppm).sequence_check
+    assert compute_challenge(sig, 4, 2, 2, escalated=True).sequence_check  # q = 0 too
+
+
+def test_challenge_without_q_never_checks_the_sequence():
+    assert not any(
+        compute_challenge(Signature(bytes([i]) * 64), 4, 2, 2).sequence_check for i in range(64)
+    )
+
+
+@pytest.mark.parametrize("ppm", [0, 1_000_000])
+def test_commitment_challenge_takes_q_from_the_request(ppm):
+    net = get_network()
+    request = net.request(request_id=b"\x31" * 16, sequence_check_ppm=ppm)
+    signed = net.executor.on_execute(request)
+    for i in range(8):
+        sig = Signature(bytes([i]) * 64)
+        assert compute_commitment_challenge(sig, signed.commitment, request).sequence_check is (
+            ppm > 0
+        )
+        assert compute_commitment_challenge(sig, signed.commitment, request, True).sequence_check
+
+
+def test_verifiers_draw_the_sequence_check_independently():
+    # Each verifier's seed is its own challenge signature: at q = 1/2 some draw it, some do not.
+    net = get_network()
+    request = net.request(request_id=b"\x32" * 16, sequence_check_ppm=500_000)
+    signed = net.executor.on_execute(request)
+    draws = [
+        compute_commitment_challenge(
+            key.sign(compute_challenge_message(request.network_id, signed.digest)),
+            signed.commitment,
+            request,
+        ).sequence_check
+        for key in net.validator_keys
+    ]
+    assert set(draws) == {True, False}
 
 
 # --- the spec's worked examples

@@ -13,9 +13,17 @@ import functools
 import pytest
 
 from bft.assembler import check_commitment
-from bft.errors import Ignore, Reject
-from bft.evidence import MODEL_FREE_CHECKS, AuditModel, audit_evidence
-from bft.messages import Evidence, EvidenceCheck, OpeningResponse, Verdict
+from bft.byzantine import make_byzantine_verifier
+from bft.errors import BadSignature, Ignore, Reject
+from bft.evidence import (
+    MODEL_FREE_CHECKS,
+    WITNESS_TOLERANCE,
+    AuditModel,
+    audit_evidence,
+    spot_audit_vote,
+)
+from bft.messages import Evidence, EvidenceCheck, OpeningResponse, TileRef, Verdict
+from bft.quorum import check_vote
 from bft.types import Digest, ModelId
 from bft.verifier import Thresholds
 from executor.byzantine import make_byzantine_executor
@@ -28,6 +36,7 @@ from tests.support import (
     make_key,
     resign_commitment,
     resign_response,
+    resign_vote,
     verify,
 )
 
@@ -199,10 +208,15 @@ def test_made_up_layer_claims_are_not_proven(run, member, response, auditor):
         assert not result.proven and result.measured == 0.0
 
 
-def test_made_up_layer_claims_without_the_tiles_are_not_proven(run, member, response, auditor):
-    challenged = {lc.layer for lc in run.sessions[member].challenge.layers}
-    unopened = next(b for b in range(1, 5) if b not in challenged)
-    for layer in (0, 5, unopened):
+def test_made_up_layer_claims_without_the_tiles_are_not_proven(net, run, member, response, auditor):
+    # A layer is auditable only with its output tiles and all its input tiles. With every
+    # boundary-2 tile left out of the (executor-signed) openings, layers 2 and 3 are not.
+    kept = tuple(o for o in response.openings if o.tile.boundary != 2)
+    partial = resign_response(response, net.executor_key, openings=kept)
+    for layer in (0, 5, 2, 3):
+        evidence = claim(run, partial, EvidenceCheck.LAYER, layer=layer)
+        assert_not_proven(evidence, auditor, "needs the input and output tiles")
+    for layer in (0, 5):
         evidence = claim(run, response, EvidenceCheck.LAYER, layer=layer)
         assert_not_proven(evidence, auditor, "needs the input and output tiles")
 
@@ -358,3 +372,93 @@ def test_made_up_claims_need_the_model_exactly_for_model_claims(run, response, c
             audit_evidence(evidence, None)
     else:
         assert not audit_evidence(evidence, None).proven
+
+
+# --- spot audits of votes: lazy or lying ACCEPTs are caught [VOTE.4]
+
+
+def vote_of(run: Run, member: bytes):
+    return next(v for v in run.votes if v.verifier_key == member)
+
+
+def test_spot_audit_passes_every_honest_vote(run, auditor):
+    for vote in run.votes:
+        audit = spot_audit_vote(vote, run.signed, run.responses[vote.verifier_key], auditor)
+        assert audit.ok, audit.detail
+        assert f"{len(vote.layer_checks)} layer checks" in audit.detail
+
+
+def test_spot_audit_passes_an_honest_vote_from_openings_the_auditor_fetches(
+    net, run, member, auditor
+):
+    # The executor serves any tiles to anyone: an auditor fetches those the vote names.
+    vote = vote_of(run, member)
+    tiles = tuple(
+        dict.fromkeys(t for lc in vote.layer_checks for t in _layer_tiles(lc.layer, lc.chunks))
+    )
+    response = net.executor.on_open(run.signed.digest, tiles)
+    assert spot_audit_vote(vote, run.signed, response, auditor).ok
+
+
+def _layer_tiles(layer: int, chunks: tuple[int, ...]) -> list[TileRef]:
+    return [TileRef(layer - 1, k) for k in range(max(chunks) + 1)] + [
+        TileRef(layer, k) for k in chunks
+    ]
+
+
+def test_spot_audit_fails_a_lazy_always_accept_vote(net, run, member, response, auditor):
+    # bft.byzantine's always-accept signs the right shape with made-up zero measurements.
+    lazy = make_byzantine_verifier("always-accept", net.verifiers[member])
+    vote = lazy.run(run.request, run.signed, lambda s: pytest.fail("a lazy verifier fetches"))
+    assert vote.verdict is Verdict.ACCEPT
+    check_vote(vote, run.request, run.signed, run.tally.committee)  # structurally valid
+    audit = spot_audit_vote(vote, run.signed, response, auditor)
+    assert not audit.ok and "witness" in audit.detail
+
+
+@pytest.mark.parametrize("factor", [1.01, 0.99, 0.0, 2.0])
+def test_spot_audit_fails_a_tampered_witness_resigned_by_the_verifier(
+    net, run, member, response, auditor, factor
+):
+    vote = vote_of(run, member)
+    first, *rest = vote.layer_checks
+    tampered = dataclasses.replace(first, witness=first.witness * factor)
+    forged = resign_vote(vote, net.key_of(member), layer_checks=(tampered, *rest))
+    forged.check()
+    audit = spot_audit_vote(forged, run.signed, response, auditor)
+    assert not audit.ok and f"layer {first.layer} witness" in audit.detail
+
+
+def test_spot_audit_tolerates_rounding_in_the_witness(net, run, member, response, auditor):
+    vote = vote_of(run, member)
+    first, *rest = vote.layer_checks
+    nudged = dataclasses.replace(first, witness=first.witness * (1 + WITNESS_TOLERANCE / 10))
+    forged = resign_vote(vote, net.key_of(member), layer_checks=(nudged, *rest))
+    assert spot_audit_vote(forged, run.signed, response, auditor).ok
+
+
+def test_spot_audit_fails_a_made_up_layer_error(net, run, member, response, auditor):
+    # The witness is right but the reported error is not what the layer re-computes to.
+    vote = vote_of(run, member)
+    first, *rest = vote.layer_checks
+    made_up = first.max_rel_error + 2 * Thresholds().layer.accept_max
+    forged = resign_vote(
+        vote,
+        net.key_of(member),
+        layer_checks=(dataclasses.replace(first, max_rel_error=made_up), *rest),
+    )
+    audit = spot_audit_vote(forged, run.signed, response, auditor)
+    assert not audit.ok and f"layer {first.layer} error" in audit.detail
+
+
+def test_invalid_spot_audit_of_a_vote_about_another_commitment(net, run, member, auditor):
+    other = net.run(net.request(request_id=b"\x46" * 16), confirm=False)
+    vote = vote_of(run, member)
+    with pytest.raises(Reject, match="another commitment"):
+        spot_audit_vote(vote, other.signed, next(iter(other.responses.values())), auditor)
+
+
+def test_invalid_spot_audit_of_an_unsigned_change(run, member, response, auditor):
+    vote = dataclasses.replace(vote_of(run, member), reason="edited")
+    with pytest.raises(BadSignature):
+        spot_audit_vote(vote, run.signed, response, auditor)

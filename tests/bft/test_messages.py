@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
 import pytest
@@ -38,9 +37,9 @@ from bft.messages import (
     Verdict,
     Vote,
     compute_challenge_message,
-    compute_validator_set_digest,
 )
-from bft.types import Digest, ModelId, PublicKey, Signature
+from bft.types import Digest, ModelId, Signature
+from bft.validators import ValidatorSet
 from merkle.sketch import SketchCheck
 from merkle.tree import MerkleProof, ProofStep
 
@@ -284,6 +283,9 @@ def test_commitment_bounds_are_inclusive(changes):
         {"layer_checks": (LayerCheck(1, (0,), -0.5, 0),)},
         {"layer_checks": (LayerCheck(1, (0,), math.nan, 0),)},
         {"layer_checks": (LayerCheck(1, (0,), math.inf, 0),)},
+        {"layer_checks": (LayerCheck(1, (0,), 0.0, 0, -1e-9),)},  # [VOTE.4] witness
+        {"layer_checks": (LayerCheck(1, (0,), 0.0, 0, math.nan),)},
+        {"layer_checks": (LayerCheck(1, (0,), 0.0, 0, math.inf),)},
         {"sampler_checks": (SamplerCheck(3, -1e-9),)},
         {"sampler_checks": (SamplerCheck(3, math.nan),)},
         {"sampler_checks": (SamplerCheck(3, math.inf),)},
@@ -371,7 +373,12 @@ COMMITMENT_FIELDS = {
     "sketch": st.lists(st.binary(min_size=2, max_size=6), max_size=3).map(tuple),
 }
 _layer_check = st.builds(
-    LayerCheck, layer=_u63, chunks=_tokens, max_rel_error=_finite, worst_position=_u63
+    LayerCheck,
+    layer=_u63,
+    chunks=_tokens,
+    max_rel_error=_finite,
+    worst_position=_u63,
+    witness=_finite,
 )
 _sampler_check = st.builds(SamplerCheck, position=_u63, margin=_finite)
 VOTE_FIELDS = {
@@ -394,6 +401,7 @@ LAYER_CHECK_FIELDS = {
     "chunks": _tokens,
     "max_rel_error": _finite,
     "worst_position": _u63,
+    "witness": _finite,  # [VOTE.4]: the attention-update norms are signed too
 }
 SAMPLER_CHECK_FIELDS = {"position": _u63, "margin": _finite}
 EVIDENCE_FIELDS = {
@@ -515,7 +523,7 @@ def test_roots_of_different_statements_never_collide():
         COMMIT.signing_root(),
         VOTE.signing_root(),
         compute_challenge_message(NET, SIGNED.digest),
-        compute_validator_set_digest(NET, ()),
+        ValidatorSet.of_keys(NET, (EXEC.public_key,)).digest(),
         EVIDENCE.digest(),
         SIGNED_RESPONSE.signing_root(),
     }
@@ -619,29 +627,6 @@ def test_opening_root_binds_network_commitment_tiles_and_leaves(changes):
     assert dataclasses.replace(RESPONSE, **changes).signing_root() != RESPONSE.signing_root()
 
 
-# --- validator sets [COMMITTEE.1]
-
-KEYS = tuple(PublicKey(SigningKey.from_seed(bytes([i]) * 32).public_key) for i in range(11, 15))
-
-
-def test_validator_set_digest_is_order_insensitive():
-    digests = {compute_validator_set_digest(NET, p) for p in itertools.permutations(KEYS)}
-    assert len(digests) == 1
-
-
-@pytest.mark.parametrize(
-    "other",
-    [KEYS[:3], (*KEYS, EXEC.public_key), (*KEYS[:3], EXEC.public_key), (*KEYS, KEYS[0]), ()],
-    ids=["removed", "added", "replaced", "duplicated", "empty"],
-)
-def test_validator_set_digest_changes_with_membership(other):
-    assert compute_validator_set_digest(NET, other) != compute_validator_set_digest(NET, KEYS)
-
-
-def test_validator_set_digest_depends_on_network():
-    assert compute_validator_set_digest("x", KEYS) != compute_validator_set_digest(NET, KEYS)
-
-
 # --- derived properties
 
 
@@ -679,7 +664,7 @@ def test_spec_example_default_sampling_encoding():
 def test_spec_example_request():
     # [REQ.1] example of docs/spec/commitment.md (m = 4, q = 0).
     validators = (SigningKey.from_seed(b"\x00" * 32).public_key,)
-    vset = compute_validator_set_digest("testnet", validators)
+    vset = ValidatorSet.of_keys("testnet", validators).digest()
     req = InferenceRequest(
         network_id="testnet",
         request_id=b"\x00" * 16,
@@ -693,8 +678,8 @@ def test_spec_example_request():
         positions_per_verifier=4,
     )
     req.validate()
-    assert vset.hex() == "dd7b845594be63ab2e9cb58f6fc19df98dca4d45c926a51776b04efba4542891"
-    assert req.digest().hex() == "fe6f5831e0ced3ccab984776ca3d14ff1e582d70853d68391c42d7e8ef3972b4"
+    assert vset.hex() == "c410f8de0c6d9149617fbb2672a5331ed5d94d0d2c7f38d514e1793297708551"
+    assert req.digest().hex() == "88d78ac00597ee5751b4e808c21d07a0174ec9ebb38219a8110aa11901dc8bc5"
     assert req.sampling_seed().hex() == (
         "7ac04d124800abe4ef39046b0f3f3d3f224846ceef435a939b0fe59b5c2fb335"
     )

@@ -1,7 +1,9 @@
-"""Votes, quorum certificates and the assembler's tally. [QUORUM.1]-[QUORUM.4], [ASM.1]-[ASM.5]
+"""Votes, quorum certificates and the assembler's tally. [QUORUM.1]-[QUORUM.5], [ASM.1]-[ASM.5]
 
 The fixtures are one honest run of the tiny model through the real executor and verifier cores
 (see :mod:`tests.support`): f = 1, six validators, a committee of four, all four votes ACCEPT.
+A REJECT opens a confirmation round ([CONFIRM.1]-[CONFIRM.3]); a verifier voting both ways
+loses its vote ([QUORUM.5]).
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from bft.assembler import (
     compute_tally,
     get_final_outcome,
     get_outcome,
+    open_disputes,
+    process_confirmation_vote,
     process_vote,
 )
+from bft.byzantine import make_byzantine_verifier
+from bft.confirmation import Finding
 from bft.errors import BadSignature, Ignore, Malformed, Reject
 from bft.messages import (
     Evidence,
@@ -34,11 +40,13 @@ from bft.messages import (
     SamplingParams,
     Verdict,
     compute_challenge_message,
-    compute_validator_set_digest,
 )
 from bft.quorum import QuorumCertificate, check_quorum_certificate, check_vote
 from bft.receipt import check_receipt
 from bft.types import Digest, Signature
+from bft.validators import Validator, ValidatorSet
+from bft.verifier import Band, Thresholds, VerifierCore
+from merkle.sketch import SketchCheck
 from tests.support import (
     NETWORK_ID,
     PROMPT,
@@ -239,6 +247,67 @@ def test_invalid_accept_vote_claiming_an_escalation_it_did_not_check(net, run):
         check_vote(forged, run.request, run.signed, committee_of(run))
 
 
+# --- the whole-sequence sketch check in ACCEPT votes [SKETCH.4]
+
+
+@pytest.fixture(scope="module")
+def checked(net) -> Run:
+    """Return an honest run whose every verifier draws the sketch check (q = 1)."""
+    return net.run(net.request(request_id=b"\x34" * 16, sequence_check_ppm=1_000_000))
+
+
+def test_accept_votes_report_the_sketch_check_exactly_when_drawn(run, checked):
+    for r, drawn in ((run, False), (checked, True)):
+        for vote in r.votes:
+            assert r.sessions[vote.verifier_key].challenge.sequence_check is drawn
+            assert (vote.sequence_check is not None) is drawn
+            check_vote(vote, r.request, r.signed, committee_of(r))
+    qc_check(checked, checked.votes)
+
+
+def test_invalid_accept_vote_without_its_drawn_sketch_check(net, checked):
+    for vote in checked.votes:
+        forged = resign_vote(vote, net.key_of(vote.verifier_key), sequence_check=None)
+        forged.check()
+        with pytest.raises(Reject, match="sketch check its challenge selects"):
+            check_vote(forged, checked.request, checked.signed, committee_of(checked))
+        with pytest.raises(Reject, match="sketch check"):
+            qc_check(checked, (forged, *(v for v in checked.votes if v is not vote)))
+
+
+def test_invalid_accept_vote_with_a_sketch_check_it_did_not_draw(net, run):
+    for vote in run.votes:
+        assert not run.sessions[vote.verifier_key].challenge.sequence_check
+        forged = resign_vote(vote, net.key_of(vote.verifier_key), sequence_check=SketchCheck(0, 0))
+        with pytest.raises(Reject, match="sketch check its challenge selects"):
+            check_vote(forged, run.request, run.signed, committee_of(run))
+
+
+def test_invalid_escalated_accept_vote_without_the_sketch_check(net):
+    # The escalated challenge always draws the sketch check, whatever q (here 0).
+    request = net.request(request_id=b"\x35" * 16, sequence_check_ppm=0)
+    signed = net.executor.on_execute(request)
+    key = net.validator_keys[0]
+    grey = VerifierCore(
+        key, net.backend, net.lm.model_id, 4, 64, NETWORK_ID, Thresholds(embedding=Band(-1, 1))
+    )
+    vote = verify(grey, net.executor, request, signed).vote
+    assert vote.verdict is Verdict.ACCEPT and vote.escalated
+    assert vote.sequence_check == SketchCheck(0, 0.0)
+    check_vote(vote, request, signed, (key.public_key,))
+    forged = resign_vote(vote, key, sequence_check=None)
+    with pytest.raises(Reject, match="sketch check its challenge selects"):
+        check_vote(forged, request, signed, (key.public_key,))
+
+
+@pytest.mark.parametrize("verdict", [Verdict.REJECT, Verdict.UNAVAILABLE])
+@pytest.mark.parametrize("sequence_check", [None, SketchCheck(0, 0.75)])
+def test_non_accept_votes_are_not_held_to_the_sketch_draw(net, run, verdict, sequence_check):
+    vote = as_verdict(net, run.votes[0], verdict)
+    vote = resign_vote(vote, net.key_of(vote.verifier_key), sequence_check=sequence_check)
+    check_vote(vote, run.request, run.signed, committee_of(run))
+
+
 @pytest.mark.parametrize("verdict", [Verdict.REJECT, Verdict.UNAVAILABLE])
 def test_non_accept_votes_need_no_layer_report(net, run, verdict):
     check_vote(as_verdict(net, run.votes[0], verdict), run.request, run.signed, committee_of(run))
@@ -320,13 +389,20 @@ def test_invalid_certificate_for_another_commitment(net, run):
 # --- the assembler: commitments, tallies, outcomes [ASM.1]-[ASM.4]
 
 
-def test_compute_request_binds_policy_and_validators(net):
-    policy = AssemblerPolicy(NETWORK_ID, f=2, layers_per_verifier=3, epoch=7)
-    req = compute_request(
-        policy, b"\x05" * 16, net.lm.model_id, PROMPT, SamplingParams(), net.validators
+def test_compute_request_binds_policy_and_validator_set(net):
+    # The request names the set's epoch and digest: its committee is drawn from that set.
+    vset = ValidatorSet.of(
+        NETWORK_ID,
+        7,
+        (Validator(k, 10 + i) for i, k in enumerate(net.validators)),
+        Digest(b"\x01" * 32),
     )
+    policy = AssemblerPolicy(NETWORK_ID, f=2, layers_per_verifier=3)
+    req = compute_request(policy, b"\x05" * 16, net.lm.model_id, PROMPT, SamplingParams(), vset)
     assert (req.f, req.layers_per_verifier, req.epoch, req.network_id) == (2, 3, 7, NETWORK_ID)
-    assert req.validator_set_digest == compute_validator_set_digest(NETWORK_ID, net.validators)
+    assert req.validator_set_digest == vset.digest()
+    assert net.request().validator_set_digest == net.validator_set.digest
+    assert net.request().epoch == 0
 
 
 @pytest.mark.parametrize(
@@ -344,7 +420,7 @@ def test_invalid_compute_request(net, args):
         "model_id": net.lm.model_id,
         "prompt_tokens": PROMPT,
         "sampling": SamplingParams(),
-        "validators": net.validators,
+        "vset": net.validator_set.vset,
         **args,
     }
     with pytest.raises(Malformed):
@@ -385,17 +461,30 @@ def test_invalid_signed_commitment_for_something_else(net, run, changes, why):
 
 
 def tally_of(net: Network, run: Run, votes) -> Tally:
-    tally = compute_tally(run.request, run.signed, net.validators)
+    tally = compute_tally(run.request, run.signed, net.validator_set.vset)
     for vote in votes:
         tally = process_vote(tally, vote)
     return tally
 
 
 def test_tally_committee_is_drawn_without_the_executor(net, run):
-    tally = compute_tally(run.request, run.signed, net.validators)
+    tally = compute_tally(run.request, run.signed, net.validator_set.vset)
     assert tally.committee == run.tally.committee
     assert len(tally.committee) == run.request.committee_size
-    assert tally.votes == ()
+    assert tally.votes == () and tally.double_votes == () and tally.disputes == ()
+
+
+def test_invalid_tally_under_another_validator_set(net, run):
+    # [COMMITTEE.1]: the committee is drawn from the set the request names, no other.
+    vset = net.validator_set.vset
+    others = [
+        ValidatorSet.of_keys(NETWORK_ID, vset.keys[:-1]),
+        ValidatorSet.of(NETWORK_ID, 0, (Validator(k, 7) for k in vset.keys)),
+        ValidatorSet.of(NETWORK_ID, 1, vset.validators, vset.digest()),
+    ]
+    for other in others:
+        with pytest.raises(Reject, match="another validator set"):
+            compute_tally(run.request, run.signed, other)
 
 
 def test_outcomes_of_accept_sequences(net, run):
@@ -409,12 +498,140 @@ def test_outcomes_of_accept_sequences(net, run):
     assert get_final_outcome(tally_of(net, run, v[:2])) is Outcome.FAILED
 
 
-def test_outcome_rejected_on_any_reject(net, run):
+def test_outcome_disputed_on_any_reject_until_its_round_is_decided(net, run):
+    # [CONFIRM.1]: a REJECT blocks the certificate however many ACCEPTs there are; with no
+    # confirmation round decided, closing the attempt fails it (no certificate, no slash).
     v = run.votes
     rejected = as_verdict(net, v[3], Verdict.REJECT)
-    assert get_outcome(tally_of(net, run, (*v[:3], rejected))) is Outcome.REJECTED
-    assert get_outcome(tally_of(net, run, (rejected,))) is Outcome.REJECTED
-    assert get_final_outcome(tally_of(net, run, (rejected, v[0]))) is Outcome.REJECTED
+    for votes in [(*v[:3], rejected), (rejected,), (rejected, v[0])]:
+        tally = tally_of(net, run, votes)
+        assert get_outcome(tally) is Outcome.DISPUTED
+        assert get_outcome(open_disputes(tally)) is Outcome.DISPUTED
+        assert get_final_outcome(tally) is Outcome.FAILED
+        assert get_final_outcome(open_disputes(tally)) is Outcome.FAILED
+
+
+def confirm_all(tally: Tally, confirmers) -> Tally:
+    """Return ``tally`` with every open dispute's confirmations by ``confirmers``."""
+    tally = open_disputes(tally)
+    for d in tally.disputes:
+        for core in confirmers:
+            conf = core.confirm(tally.request, tally.signed, d.accusation)
+            if conf is not None:
+                tally = process_confirmation_vote(tally, conf)
+    return tally
+
+
+def liars(net: Network, tally: Tally, mode: str, which) -> list:
+    """Return committee members ``which`` (indexes) as ``mode`` verifiers of bft.byzantine."""
+    return [make_byzantine_verifier(mode, net.verifiers[tally.committee[i]]) for i in which]
+
+
+def test_outcome_refuted_reject_no_longer_counts(net, run):
+    # Honest members re-check the made-up claim and REFUTE it: 2f+1 REFUTEs drop the REJECT,
+    # so the other three ACCEPTs certify. [CONFIRM.3]
+    v = run.votes
+    tally = tally_of(net, run, (*v[:3], as_verdict(net, v[3], Verdict.REJECT)))
+    honest = [net.verifiers[pk] for pk in tally.committee[:3]]
+    refuted = confirm_all(tally, honest)
+    (d,) = refuted.disputes
+    assert d.count(Finding.REFUTE) == 3 and d.count(Finding.CONFIRM) == 0
+    assert get_outcome(refuted) is Outcome.CERTIFIED
+    receipt = build_receipt(refuted, net.validator_set)
+    assert receipt.votes == v[:3]
+    check_receipt(receipt)
+
+
+def test_outcome_refuted_reject_still_needs_a_quorum_of_accepts(net, run):
+    v = run.votes
+    tally = tally_of(net, run, (v[0], as_verdict(net, v[3], Verdict.REJECT)))
+    refuted = confirm_all(tally, [net.verifiers[pk] for pk in tally.committee])
+    assert get_outcome(refuted) is Outcome.PENDING  # two members still to vote
+    assert get_final_outcome(refuted) is Outcome.FAILED
+    assert get_outcome(tally_of(net, run, ())) is Outcome.PENDING
+
+
+def test_outcome_confirmed_reject_is_rejected(net, run):
+    # 2f+1 CONFIRMs make the attempt REJECTED whatever the ACCEPTs (here signed by
+    # always-reject members, which confirm anything).
+    v = run.votes
+    tally = tally_of(net, run, (*v[:3], as_verdict(net, v[3], Verdict.REJECT)))
+    confirmed = confirm_all(tally, liars(net, tally, "always-reject", (0, 1, 2)))
+    assert confirmed.disputes[0].count(Finding.CONFIRM) == 3
+    assert get_outcome(confirmed) is Outcome.REJECTED
+    assert get_final_outcome(confirmed) is Outcome.REJECTED
+
+
+@pytest.mark.parametrize(
+    ("confirms", "refutes", "open_outcome", "closed_outcome"),
+    [
+        (0, 0, Outcome.DISPUTED, Outcome.FAILED),
+        (2, 0, Outcome.DISPUTED, Outcome.FAILED),  # 2f: not yet
+        (0, 2, Outcome.DISPUTED, Outcome.FAILED),
+        (3, 0, Outcome.REJECTED, Outcome.REJECTED),  # 2f+1
+        (0, 3, Outcome.CERTIFIED, Outcome.CERTIFIED),
+        (2, 1, Outcome.DISPUTED, Outcome.FAILED),
+        (1, 2, Outcome.DISPUTED, Outcome.FAILED),
+        (2, 2, Outcome.FAILED, Outcome.FAILED),  # undecided: neither side can reach 2f+1
+        (3, 1, Outcome.REJECTED, Outcome.REJECTED),
+        (1, 3, Outcome.CERTIFIED, Outcome.CERTIFIED),
+        (4, 0, Outcome.REJECTED, Outcome.REJECTED),
+    ],
+)
+def test_outcome_table_of_a_confirmation_round(
+    net, run, confirms, refutes, open_outcome, closed_outcome
+):
+    # [CONFIRM.3] on three ACCEPTs and one REJECT (member 3).
+    v = run.votes
+    tally = tally_of(net, run, (*v[:3], as_verdict(net, v[3], Verdict.REJECT)))
+    members = range(confirms + refutes)
+    modes = ["always-reject"] * confirms + ["always-accept"] * refutes
+    cores = [liars(net, tally, m, (i,))[0] for m, i in zip(modes, members, strict=True)]
+    decided = confirm_all(tally, cores)
+    assert get_outcome(decided) is open_outcome
+    assert get_final_outcome(decided) is closed_outcome
+
+
+def test_outcome_rejected_by_any_confirmed_reject(net, run):
+    # Two REJECTs: one refuted, one confirmed; the confirmed one decides.
+    v = run.votes
+    tally = tally_of(net, run, (v[0], v[1], *(as_verdict(net, x, Verdict.REJECT) for x in v[2:])))
+    tally = open_disputes(tally)
+    assert len(tally.disputes) == 2
+    first, second = tally.disputes
+    confirmer = liars(net, tally, "always-reject", (0, 1, 2))
+    refuter = liars(net, tally, "always-accept", (0, 1, 2))
+    for c in refuter:
+        tally = process_confirmation_vote(
+            tally, c.confirm(run.request, run.signed, first.accusation)
+        )
+    assert get_outcome(tally) is Outcome.DISPUTED  # the second is still open
+    for c in confirmer:
+        tally = process_confirmation_vote(
+            tally, c.confirm(run.request, run.signed, second.accusation)
+        )
+    assert get_outcome(tally) is Outcome.REJECTED
+
+
+def test_open_disputes_is_idempotent(net, run):
+    v = run.votes
+    tally = open_disputes(tally_of(net, run, (*v[:3], as_verdict(net, v[3], Verdict.REJECT))))
+    assert len(tally.disputes) == 1
+    assert open_disputes(tally) is tally
+    assert tally.dispute_of(tally.votes[3]) is tally.disputes[0]
+    assert tally.dispute_of(v[0]) is None
+
+
+def test_invalid_confirmation_about_no_open_accusation(net, run):
+    v = run.votes
+    rejected = as_verdict(net, v[3], Verdict.REJECT)
+    tally = tally_of(net, run, (*v[:3], rejected))
+    conf = net.verifiers[tally.committee[0]].confirm(run.request, run.signed, rejected)
+    with pytest.raises(Ignore, match="no open accusation"):
+        process_confirmation_vote(tally, conf)  # the round was never opened
+    opened = open_disputes(tally)
+    with pytest.raises(Ignore, match="duplicate"):
+        process_confirmation_vote(process_confirmation_vote(opened, conf), conf)
 
 
 def test_outcome_failed_when_quorum_is_out_of_reach(net, run):
@@ -431,11 +648,67 @@ def test_duplicate_vote_is_ignored(net, run):
     tally = tally_of(net, run, v[:2])
     with pytest.raises(Ignore, match="duplicate"):
         process_vote(tally, v[0])
-    with pytest.raises(Ignore):
-        process_vote(
-            tally, as_verdict(net, v[1], Verdict.REJECT)
-        )  # equivocation: first vote stands
     assert tally.votes == v[:2]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (Verdict.ACCEPT, Verdict.UNAVAILABLE),
+        (Verdict.UNAVAILABLE, Verdict.ACCEPT),
+        (Verdict.UNAVAILABLE, Verdict.REJECT),
+        (Verdict.REJECT, Verdict.UNAVAILABLE),
+    ],
+)
+def test_second_vote_without_contradiction_is_ignored(net, run, first, second):
+    # Only ACCEPT against REJECT is a double vote; any other second vote leaves the first.
+    v = run.votes
+    a, b = (v[1] if d is Verdict.ACCEPT else as_verdict(net, v[1], d) for d in (first, second))
+    tally = tally_of(net, run, (v[0], a))
+    with pytest.raises(Ignore, match="second vote"):
+        process_vote(tally, b)
+    assert tally.double_votes == ()
+
+
+@pytest.mark.parametrize("order", ["accept-first", "reject-first"])
+def test_double_vote_removes_the_verifiers_vote(net, run, order):
+    # [QUORUM.5]: ACCEPT and REJECT by one key on one commitment: neither counts, the pair is
+    # kept as slashing evidence, and the verifier is not heard again on this commitment.
+    v = run.votes
+    accept, reject = v[1], as_verdict(net, v[1], Verdict.REJECT)
+    pair = (accept, reject) if order == "accept-first" else (reject, accept)
+    tally = tally_of(net, run, (v[0], *pair, v[2]))
+    assert tally.votes == (v[0], v[2])
+    assert tally.double_votes == (pair,)
+    assert tally.double_voters == {v[1].verifier_key}
+    assert tally.disputes == ()
+    for again in (accept, reject, as_verdict(net, v[1], Verdict.UNAVAILABLE)):
+        with pytest.raises(Ignore, match="both ways"):
+            process_vote(tally, again)
+    # The double voter has answered (uselessly): v[3] completes the committee with 3 ACCEPTs.
+    assert get_outcome(tally) is Outcome.PENDING
+    assert get_outcome(process_vote(tally, v[3])) is Outcome.CERTIFIED
+
+
+def test_double_vote_of_an_accuser_drops_its_dispute(net, run):
+    v = run.votes
+    reject = as_verdict(net, v[3], Verdict.REJECT)
+    tally = open_disputes(tally_of(net, run, (*v[:3], reject)))
+    assert len(tally.disputes) == 1 and get_outcome(tally) is Outcome.DISPUTED
+    tally = process_vote(tally, v[3])
+    assert tally.disputes == () and tally.double_votes == ((reject, v[3]),)
+    assert get_outcome(tally) is Outcome.CERTIFIED  # three ACCEPTs, every member answered
+
+
+def test_double_votes_can_cost_the_certificate(net, run):
+    v = run.votes
+    tally = tally_of(net, run, v)
+    assert get_outcome(tally) is Outcome.CERTIFIED
+    tally = process_vote(tally, as_verdict(net, v[0], Verdict.REJECT))
+    assert tally.count(Verdict.ACCEPT) == 3 and get_outcome(tally) is Outcome.CERTIFIED
+    tally = process_vote(tally, as_verdict(net, v[1], Verdict.REJECT))
+    assert tally.count(Verdict.ACCEPT) == 2 and get_outcome(tally) is Outcome.FAILED
+    assert build_receipt(tally, net.validator_set).votes == v[2:]
 
 
 def test_invalid_vote_is_rejected_by_the_tally(net, run):
@@ -451,7 +724,7 @@ def test_build_receipt_keeps_only_accept_votes(net, run):
     v = run.votes
     tally = tally_of(net, run, (*v[:3], as_verdict(net, v[3], Verdict.UNAVAILABLE)))
     assert get_final_outcome(tally) is Outcome.CERTIFIED
-    receipt = build_receipt(tally, net.validators)
+    receipt = build_receipt(tally, net.validator_set)
     assert receipt.votes == v[:3]
     check_receipt(receipt)
 
@@ -459,9 +732,11 @@ def test_build_receipt_keeps_only_accept_votes(net, run):
 class TallyMachine(RuleBasedStateMachine):
     """Votes arrive in any order, valid or not; the tally must follow the rules. [ASM.3]-[ASM.4]
 
-    Invariants: no certificate without 2f+1 distinct committee ACCEPTs, a REJECT or FAILED
-    outcome never turns back into PENDING or CERTIFIED, a certified tally yields a receipt that
-    passes :func:`check_receipt`, and fewer than 2f+1 ACCEPTs never do.
+    Invariants: no certificate without 2f+1 distinct committee ACCEPTs, a REJECT keeps the
+    attempt DISPUTED while no confirmation round decides it ([CONFIRM.1]), ACCEPT and REJECT
+    by one key remove both ([QUORUM.5]), a FAILED outcome never turns back into PENDING or
+    CERTIFIED, a certified tally yields a receipt that passes :func:`check_receipt`, and fewer
+    than 2f+1 ACCEPTs never do.
     """
 
     def __init__(self) -> None:
@@ -469,21 +744,31 @@ class TallyMachine(RuleBasedStateMachine):
         self.net = get_network()
         self.run = get_honest_run()
         self.members, self.outsiders = _vote_pool()
-        self.tally = compute_tally(self.run.request, self.run.signed, self.net.validators)
+        vset = self.net.validator_set.vset
+        self.tally = compute_tally(self.run.request, self.run.signed, vset)
         self.counted: dict[bytes, Verdict] = {}
-        self.was_terminal_negative = False
+        self.double: set[bytes] = set()
+        self.has_failed = False
 
     @rule(member=st.integers(0, 3), verdict=st.sampled_from(Verdict))
     def member_votes(self, member, verdict):
         vote = self.members[(member, verdict)]
+        key = vote.verifier_key
         before = self.tally
-        if vote.verifier_key in self.counted:
+        first = self.counted.get(key)
+        if key in self.double or (
+            first is not None and {first, verdict} != {Verdict.ACCEPT, Verdict.REJECT}
+        ):
             with pytest.raises(Ignore):
                 process_vote(self.tally, vote)
             assert self.tally is before
+        elif first is not None:
+            self.tally = process_vote(self.tally, vote)
+            del self.counted[key]
+            self.double.add(key)
         else:
             self.tally = process_vote(self.tally, vote)
-            self.counted[vote.verifier_key] = verdict
+            self.counted[key] = verdict
 
     @rule(outsider=st.integers(0, 1))
     def outsider_votes(self, outsider):
@@ -493,26 +778,29 @@ class TallyMachine(RuleBasedStateMachine):
     @invariant()
     def outcome_follows_the_rules(self):
         assert [v.verifier_key for v in self.tally.votes] == list(self.counted)
+        assert self.tally.double_voters == self.double
         accepts = sum(1 for v in self.counted.values() if v is Verdict.ACCEPT)
         rejects = sum(1 for v in self.counted.values() if v is Verdict.REJECT)
-        missing = 4 - len(self.counted)
+        missing = 4 - len(self.counted) - len(self.double)
         outcome = get_outcome(self.tally)
         if rejects:
-            assert outcome is Outcome.REJECTED
+            assert outcome is Outcome.DISPUTED
         elif accepts >= 3 and missing == 0:
             assert outcome is Outcome.CERTIFIED
         elif accepts + missing < 3:
             assert outcome is Outcome.FAILED
         else:
             assert outcome is Outcome.PENDING
-        if outcome in (Outcome.REJECTED, Outcome.FAILED):
-            self.was_terminal_negative = True
-        else:
-            assert not self.was_terminal_negative
+        final = get_final_outcome(self.tally)
+        assert final is (Outcome.CERTIFIED if accepts >= 3 and not rejects else Outcome.FAILED)
+        if outcome is Outcome.FAILED:
+            self.has_failed = True
+        elif self.has_failed:
+            assert outcome is Outcome.DISPUTED
 
     @invariant()
     def receipt_is_valid_exactly_with_a_quorum_of_accepts(self):
-        receipt = build_receipt(self.tally, self.net.validators)
+        receipt = build_receipt(self.tally, self.net.validator_set)
         if get_final_outcome(self.tally) is Outcome.CERTIFIED:
             assert len({v.verifier_key for v in receipt.votes}) >= 3
             check_receipt(receipt)

@@ -15,14 +15,22 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bft.assembler import build_receipt
+from bft.assembler import Outcome, build_receipt, get_final_outcome
 from bft.errors import BadSignature, Malformed, ProtocolError, Reject
 from bft.messages import Evidence, EvidenceCheck, Verdict
 from bft.receipt import Receipt, check_receipt
 from bft.types import Digest
+from bft.validators import (
+    SignedValidatorSet,
+    Validator,
+    ValidatorSet,
+    endorse,
+    make_genesis,
+)
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from tests.support import (
+    NETWORK_ID,
     get_honest_run,
     get_receipt,
     make_key,
@@ -41,6 +49,10 @@ def with_votes(receipt: Receipt, votes) -> Receipt:
     return dataclasses.replace(receipt, votes=tuple(votes))
 
 
+def with_set(receipt: Receipt, signed: SignedValidatorSet) -> Receipt:
+    return dataclasses.replace(receipt, validator_set=signed)
+
+
 def test_receipt_passes(receipt):
     assert len(receipt.votes) == 4
     check_receipt(receipt)
@@ -52,10 +64,19 @@ def test_receipt_passes_with_any_quorum_subset_in_any_order(receipt):
 
 
 def test_receipt_passes_under_the_same_trusted_set_in_any_order(receipt):
-    shuffled = list(receipt.validators)
+    shuffled = list(receipt.validator_set.vset.keys)
     random.Random(1).shuffle(shuffled)
     check_receipt(receipt, trusted_validators=tuple(shuffled))
-    check_receipt(dataclasses.replace(receipt, validators=tuple(shuffled)))
+
+
+def test_receipt_passes_with_endorsements_in_any_order(receipt):
+    # [VSET.3]: endorsements are a set of signatures; their order is not signed.
+    endorsements = list(receipt.validator_set.endorsements)
+    for seed in range(3):
+        random.Random(seed).shuffle(endorsements)
+        check_receipt(
+            with_set(receipt, SignedValidatorSet(receipt.validator_set.vset, tuple(endorsements)))
+        )
 
 
 # --- the certificate
@@ -161,26 +182,121 @@ def test_invalid_fewer_than_2f_plus_1_votes(receipt, n):
 # --- the validator set
 
 
-def test_invalid_changed_validator_set(receipt):
-    vals = receipt.validators
-    extra = make_key("newcomer").public_key
-    for changed in [(*vals, extra), vals[:-1], (*vals[:-1], extra), vals[1:]]:
+def test_invalid_changed_validator_set(net, receipt):
+    # Another genesis set, properly endorsed by all its members, is not the one the request
+    # names. [VSET.2]
+    keys = net.validator_keys
+    extra = make_key("newcomer")
+    for changed in [(*keys, extra), keys[:-1], (*keys[:-1], extra), keys[1:]]:
         with pytest.raises(Reject, match="validator_set_digest"):
-            check_receipt(dataclasses.replace(receipt, validators=changed))
+            check_receipt(with_set(receipt, make_genesis(NETWORK_ID, changed)))
 
 
-def test_invalid_duplicated_validator(receipt):
-    with pytest.raises(Reject, match="twice"):
+def test_invalid_changed_trust(net, receipt):
+    # Trust is part of the set's digest: the same keys with other weights are another set.
+    with pytest.raises(Reject, match="validator_set_digest"):
+        check_receipt(with_set(receipt, make_genesis(NETWORK_ID, net.validator_keys, trust=50)))
+    vset = receipt.validator_set.vset
+    heavier = dataclasses.replace(
+        vset, validators=(dataclasses.replace(vset.validators[0], trust=101), *vset.validators[1:])
+    )
+    with pytest.raises(BadSignature):  # not re-endorsed: the endorsements no longer fit
         check_receipt(
-            dataclasses.replace(receipt, validators=(*receipt.validators, receipt.validators[0]))
+            with_set(receipt, SignedValidatorSet(heavier, receipt.validator_set.endorsements))
         )
 
 
+def test_invalid_duplicated_validator(receipt):
+    vset = receipt.validator_set.vset
+    doubled = dataclasses.replace(vset, validators=(vset.validators[0], *vset.validators))
+    with pytest.raises(Malformed, match="distinct"):
+        check_receipt(
+            with_set(receipt, SignedValidatorSet(doubled, receipt.validator_set.endorsements))
+        )
+
+
+def test_invalid_validators_out_of_canonical_order(receipt):
+    vset = receipt.validator_set.vset
+    reordered = dataclasses.replace(vset, validators=vset.validators[::-1])
+    with pytest.raises(Malformed, match="sorted"):
+        check_receipt(
+            with_set(receipt, SignedValidatorSet(reordered, receipt.validator_set.endorsements))
+        )
+
+
+@pytest.mark.parametrize("drop", [0, 5])
+def test_invalid_genesis_set_missing_an_endorsement(receipt, drop):
+    # [VSET.3]: a genesis set is endorsed by every member.
+    signed = receipt.validator_set
+    endorsements = signed.endorsements[:drop] + signed.endorsements[drop + 1 :]
+    with pytest.raises(Reject, match="every member"):
+        check_receipt(with_set(receipt, SignedValidatorSet(signed.vset, endorsements)))
+
+
+def test_invalid_genesis_set_endorsed_by_an_outsider(receipt):
+    signed = receipt.validator_set
+    extra = endorse(signed.vset, make_key("stranger"))
+    with pytest.raises(Reject, match="no one else"):
+        check_receipt(
+            with_set(receipt, SignedValidatorSet(signed.vset, (*signed.endorsements, extra)))
+        )
+
+
+def test_invalid_validator_set_of_another_network(net, receipt):
+    with pytest.raises(Reject, match="another network"):
+        check_receipt(with_set(receipt, make_genesis("elsewhere", net.validator_keys)))
+
+
 def test_invalid_other_trusted_validator_set(receipt):
-    vals = receipt.validators
+    vals = receipt.validator_set.vset.keys
     for trusted in [vals[:-1], (*vals, make_key("newcomer").public_key), ()]:
         with pytest.raises(Reject, match="trusted"):
             check_receipt(receipt, trusted_validators=trusted)
+
+
+@pytest.fixture(scope="module")
+def later(net) -> tuple[SignedValidatorSet, Receipt]:
+    """Return the epoch-1 set (one member halved) and a receipt certified under it."""
+    genesis = net.validator_set.vset
+    members = [
+        Validator(v.key, 50 if i == 0 else v.trust) for i, v in enumerate(genesis.validators)
+    ]
+    vset = ValidatorSet.of(NETWORK_ID, 1, members, genesis.digest())
+    # Five of six equal members hold 5/6 > 2/3 of genesis trust.
+    signed = SignedValidatorSet(vset, tuple(endorse(vset, k) for k in net.validator_keys[:5]))
+    epoch1 = dataclasses.replace(net, validator_set=signed)
+    run = epoch1.run(epoch1.request(request_id=b"\x7a" * 16))
+    assert get_final_outcome(run.tally) is Outcome.CERTIFIED
+    return signed, build_receipt(run.tally, signed)
+
+
+def test_receipt_of_a_later_epoch_passes_given_the_previous_set(net, later):
+    # [VSET.3]: a client holding the genesis set follows the chain one epoch.
+    signed, receipt = later
+    assert receipt.request.epoch == 1 and receipt.validator_set == signed
+    check_receipt(receipt, previous=net.validator_set.vset)
+    with pytest.raises(Reject, match="previous set"):
+        check_receipt(receipt)  # on its own, an epoch-1 set proves nothing
+
+
+def test_invalid_receipt_of_a_later_epoch_under_another_previous_set(net, later):
+    _, receipt = later
+    other = make_genesis(NETWORK_ID, (*net.validator_keys, make_key("newcomer"))).vset
+    with pytest.raises(Reject, match="does not follow"):
+        check_receipt(receipt, previous=other)
+
+
+def test_invalid_later_set_endorsed_by_two_thirds_only(net, later):
+    # Four of six equal members hold exactly 2/3: not more than two thirds.
+    signed, receipt = later
+    weak = SignedValidatorSet(signed.vset, signed.endorsements[:4])
+    with pytest.raises(Reject, match="two thirds"):
+        check_receipt(with_set(receipt, weak), previous=net.validator_set.vset)
+
+
+def test_invalid_genesis_receipt_checked_as_a_later_epoch(net, receipt):
+    with pytest.raises(Reject, match="does not follow"):
+        check_receipt(receipt, previous=net.validator_set.vset)
 
 
 # --- the commitment and the request
@@ -224,7 +340,7 @@ def test_invalid_more_output_tokens_than_max_new_tokens(net):
     assert len(run.signed.commitment.output_tokens) == run.request.sampling.max_new_tokens + 2
     assert all(v.verdict is Verdict.ACCEPT for v in run.votes)
     with pytest.raises(Reject, match="more output tokens than max_new_tokens"):
-        check_receipt(build_receipt(run.tally, net.validators))
+        check_receipt(build_receipt(run.tally, net.validator_set))
     # Verifiers that do run [VERIFY.1] refuse it in the first place.
     checked = net.run(net.request(request_id=b"\x78" * 16), ex)
     assert all("max_new_tokens" in v.reason for v in checked.votes)
@@ -358,9 +474,10 @@ def mutations(draw, value):
 
 def test_mutation_walk_covers_every_part_of_the_receipt(receipt):
     paths = {p[0] for p, _ in _leaves(receipt)}
-    assert paths == {"request", "signed_commitment", "validators", "votes"}
+    assert paths == {"request", "signed_commitment", "validator_set", "votes"}
     names = {p[-1] for p, _ in _leaves(receipt)}
-    assert {"positions_per_verifier", "margin", "position", "escalated"} <= names
+    assert {"positions_per_verifier", "margin", "position", "escalated", "witness"} <= names
+    assert {"trust", "previous", "epoch", "key", "signature"} <= names  # [VSET.3]
     assert len(list(_leaves(receipt))) > 100
 
 

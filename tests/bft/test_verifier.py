@@ -32,6 +32,7 @@ from bft.verifier import (
 from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
+from proto import convert
 from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,
@@ -42,6 +43,7 @@ from tests.support import (
     make_key,
     resign_commitment,
     resign_response,
+    resign_vote,
     verify,
 )
 
@@ -638,15 +640,123 @@ def test_invalid_lie_found_by_the_escalated_challenge_gets_reject(net, grey):
 
 def test_run_drives_a_session_to_a_vote(net, run):
     member = run.tally.committee[0]
-    verifier = net.verifiers[member]
 
     def fetch(session):
         return net.executor.on_open(run.signed.digest, session.challenge.required_tiles())
 
-    assert verifier.run(run.request, run.signed, fetch).verdict is Verdict.ACCEPT
-
     def refuse(session):
         raise Unavailable("down")
 
-    vote = verifier.run(run.request, run.signed, refuse)
+    # Fresh cores: run() remembers its vote [VOTE.3], so the shared ones would answer from memory.
+    assert fresh_core(net, member).run(run.request, run.signed, fetch).verdict is Verdict.ACCEPT
+    vote = fresh_core(net, member).run(run.request, run.signed, refuse)
     assert vote.verdict is Verdict.UNAVAILABLE and "openings not served: down" in vote.reason
+
+
+def fresh_core(net: Network, member: bytes) -> VerifierCore:
+    """Return a new core with ``member``'s key and the shared model (nothing remembered)."""
+    return VerifierCore(
+        net.key_of(member),
+        net.backend,
+        net.lm.model_id,
+        4,
+        64,
+        NETWORK_ID,
+        net.verifiers[member].thresholds,
+    )
+
+
+# --- one vote per request and commitment [VOTE.3]
+
+
+def test_asked_twice_a_verifier_returns_the_same_signed_vote(net, run, member):
+    core = fresh_core(net, member)
+    calls = []
+
+    def fetch(session):
+        calls.append(session)
+        return net.executor.on_open(run.signed.digest, session.challenge.required_tiles())
+
+    first = core.run(run.request, run.signed, fetch)
+    again = core.run(run.request, run.signed, fetch)
+    assert first.verdict is Verdict.ACCEPT
+    assert again is first and len(calls) == 1  # answered from memory, nothing re-fetched
+    assert convert.vote_to_pb(again).SerializeToString() == (
+        convert.vote_to_pb(first).SerializeToString()
+    )
+    assert core.recall(run.request, run.signed) is first
+
+
+def test_remembered_vote_stands_when_the_openings_change(net, run, member):
+    # The executor serves bad openings (or none) the second time: the verifier does not look
+    # again, so it cannot be made to sign a second, contradicting vote.
+    core = fresh_core(net, member)
+    liar = make_byzantine_executor(
+        "bad-opening", net.executor_key, net.lm.model, net.lm.model_id, NETWORK_ID, CHUNK_SIZE
+    )
+    liar.on_execute(run.request)
+
+    def honest(session):
+        return net.executor.on_open(run.signed.digest, session.challenge.required_tiles())
+
+    def lying(session):
+        return liar.on_open(run.signed.digest, session.challenge.required_tiles())
+
+    def refusing(session):
+        raise Unavailable("gone")
+
+    first = core.run(run.request, run.signed, honest)
+    assert first.verdict is Verdict.ACCEPT
+    for fetch in (lying, refusing):
+        assert core.run(run.request, run.signed, fetch) is first
+    # A core without the memory would now vote otherwise on the same commitment.
+    assert fresh_core(net, member).run(run.request, run.signed, refusing).verdict is (
+        Verdict.UNAVAILABLE
+    )
+
+
+def test_remember_keeps_the_first_vote_per_request_and_commitment(net, run, member):
+    core = fresh_core(net, member)
+    key = net.key_of(member)
+    vote = run.votes[list(run.tally.committee).index(member)]
+    other = resign_vote(vote, key, reason="second thoughts")
+    assert core.recall(run.request, run.signed) is None
+    assert core.remember(vote) is vote
+    assert core.remember(other) is vote
+    assert core.recall(run.request, run.signed) is vote
+    # Another commitment is another question.
+    elsewhere = resign_vote(vote, key, commitment_digest=Digest(b"\x05" * 32))
+    assert core.remember(elsewhere) is elsewhere
+
+
+def test_votes_on_different_requests_are_remembered_apart(net, run, member):
+    core = fresh_core(net, member)
+    request = net.request(request_id=b"\x7b" * 16)
+    signed = net.executor.on_execute(request)
+
+    def fetch_for(s):
+        return lambda session: net.executor.on_open(s.digest, session.challenge.required_tiles())
+
+    a = core.run(run.request, run.signed, fetch_for(run.signed))
+    b = core.run(request, signed, fetch_for(signed))
+    assert a.commitment_digest == run.signed.digest and b.commitment_digest == signed.digest
+    assert core.recall(run.request, run.signed) is a and core.recall(request, signed) is b
+
+
+# --- witnesses: work only a verifier that ran the layer knows [VOTE.4]
+
+
+def test_honest_votes_carry_positive_witnesses(run):
+    for vote in run.votes:
+        assert vote.layer_checks
+        assert all(lc.witness > 0 and np.isfinite(lc.witness) for lc in vote.layer_checks)
+
+
+def test_witness_is_deterministic_and_differs_by_layer(net, run, member):
+    # Two cores with one key and one model re-run the same layers: the same witnesses.
+    vote = run.votes[list(run.tally.committee).index(member)]
+    again = verify(fresh_core(net, member), net.executor, run.request, run.signed).vote
+    assert [lc.witness for lc in again.layer_checks] == [lc.witness for lc in vote.layer_checks]
+    witnesses = {lc.witness for v in run.votes for lc in v.layer_checks}
+    layers = {(lc.layer, lc.chunks) for v in run.votes for lc in v.layer_checks}
+    assert len(witnesses) == len(layers)

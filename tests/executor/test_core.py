@@ -147,7 +147,7 @@ def test_honest_executor_gets_accept_from_all_four_verifiers(net, run):
     assert len(run.votes) == 4
     assert [v.verdict for v in run.votes] == [Verdict.ACCEPT] * 4
     assert get_outcome(run.tally) is Outcome.CERTIFIED
-    check_receipt(build_receipt(run.tally, net.validators), trusted_validators=net.validators)
+    check_receipt(build_receipt(run.tally, net.validator_set), trusted_validators=net.validators)
 
 
 class OneLayerLiar(ExecutorCore):

@@ -9,6 +9,7 @@ import numpy as np
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
 from bft.messages import SamplingParams
+from bft.validators import ValidatorSet
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 
@@ -29,14 +30,14 @@ def test_repeated_request_gets_the_same_commitment(tiny):
     ex = NonReproducibleExecutor(
         SigningKey.generate(), TorchBackend(tiny.model), tiny.model_id, "t"
     )
-    keys = tuple(SigningKey.generate().public_key for _ in range(4))
+    vset = ValidatorSet.of_keys("t", (SigningKey.generate().public_key for _ in range(4)))
     request = compute_request(
         AssemblerPolicy("t"),
         os.urandom(16),
         tiny.model_id,
         (1, 2, 3),
         SamplingParams(max_new_tokens=3),
-        keys,
+        vset,
     )
     first = ex.on_execute(request)
     again = ex.on_execute(request)
@@ -47,6 +48,6 @@ def test_repeated_request_gets_the_same_commitment(tiny):
         tiny.model_id,
         (1, 2, 3),
         SamplingParams(max_new_tokens=3),
-        keys,
+        vset,
     )
     assert ex.on_execute(other).digest != first.digest and ex.calls == 2

@@ -22,6 +22,7 @@ from bft.messages import (
     Verdict,
 )
 from bft.receipt import check_receipt
+from merkle.sketch import SketchCheck
 from merkle.tree import MAX_PROOF_STEPS
 from proto import convert
 from proto import verihive_pb2 as pb
@@ -78,6 +79,49 @@ def test_vote_round_trip_keeps_sampler_checks_and_escalation(run):
     back = convert.vote_from_pb(wire(convert.vote_to_pb(escalated)))
     assert back == escalated and back.escalated
     back.check()
+
+
+def test_commitment_round_trip_keeps_the_sketch(run):
+    # [SKETCH.1]: one sketch entry per 32 positions, in the signed commitment.
+    m = wire(convert.commitment_to_pb(run.signed))
+    assert list(m.commitment.sketch) == list(run.signed.commitment.sketch)
+    assert len(m.commitment.sketch) == 1 and len(m.commitment.sketch[0]) == 256
+    assert convert.commitment_from_pb(m).commitment.sketch == run.signed.commitment.sketch
+
+
+@pytest.mark.parametrize("ppm", [0, 1, 100_000, 1_000_000])
+def test_request_round_trip_keeps_sequence_check_ppm(run, ppm):
+    request = dataclasses.replace(run.request, sequence_check_ppm=ppm)
+    m = wire(convert.request_to_pb(request))
+    assert m.sequence_check_ppm == ppm
+    back = convert.request_from_pb(m)
+    assert back == request and back.digest() == request.digest()
+
+
+@pytest.mark.parametrize(
+    "check", [SketchCheck(0, 0.0), SketchCheck(1, 0.25), SketchCheck((1 << 32) - 1, 1.0)], ids=repr
+)
+def test_vote_round_trip_keeps_the_sequence_check(run, check):
+    # [SKETCH.4]: present (even all zero) or absent, as signed.
+    vote = resign(run.votes[0], sequence_check=check)
+    m = wire(convert.vote_to_pb(vote))
+    assert m.HasField("sequence_check")
+    back = convert.vote_from_pb(m)
+    assert back == vote and back.sequence_check == check
+    back.check()
+    absent = wire(convert.vote_to_pb(run.votes[0]))
+    assert run.votes[0].sequence_check is None and not absent.HasField("sequence_check")
+    assert convert.vote_from_pb(absent).sequence_check is None
+
+
+def test_sequence_evidence_round_trip(run):
+    evidence = Evidence(
+        EvidenceCheck.SEQUENCE, run.request, run.signed, position=32, measured=0.75, detail="s"
+    )
+    m = wire(convert.evidence_to_pb(evidence))
+    assert m.check == pb.CHECK_SEQUENCE == 8
+    back = convert.evidence_from_pb(m)
+    assert back == evidence and back.digest() == evidence.digest()
 
 
 def resign(vote, **changes):
@@ -265,6 +309,13 @@ def test_invalid_request(run, changes):
         convert.request_from_pb(request_pb(run, **changes))
 
 
+@pytest.mark.parametrize("ppm", [1_000_001, (1 << 32) - 1])
+def test_invalid_request_sequence_check_ppm(run, ppm):
+    # [SKETCH.4]: q is a probability in parts per million.
+    with pytest.raises(Malformed, match="sequence_check_ppm"):
+        convert.request_from_pb(request_pb(run, sequence_check_ppm=ppm))
+
+
 def test_invalid_request_prompt(run):
     m = request_pb(run)
     del m.prompt_tokens[:]
@@ -328,6 +379,30 @@ def test_invalid_commitment(run, changes):
         convert.commitment_from_pb(m)
 
 
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda sketch: sketch.pop(),
+        lambda sketch: sketch.append(sketch[0]),
+        lambda sketch: sketch.__setitem__(0, b""),
+        lambda sketch: sketch.__setitem__(0, sketch[0][:-1]),
+        lambda sketch: sketch.__setitem__(0, sketch[0] + b"\x01\x00"),
+        lambda sketch: sketch.__setitem__(0, b"\xf1\xff" + sketch[0][2:]),
+        lambda sketch: sketch.__setitem__(0, sketch[0][:-2] + b"\xff\xff"),
+    ],
+    ids=["none", "extra", "empty", "odd", "129-coefficients", "prime", "above-prime"],
+)
+def test_invalid_commitment_sketch(run, mutate):
+    # [SKETCH.3]: one chunk of 1..128 field elements per 32 positions, else malformed.
+    m = convert.commitment_to_pb(run.signed)
+    sketch = list(m.commitment.sketch)
+    mutate(sketch)
+    del m.commitment.sketch[:]
+    m.commitment.sketch.extend(sketch)
+    with pytest.raises(Malformed, match="sketch"):
+        convert.commitment_from_pb(wire(m))
+
+
 def test_invalid_commitment_missing(run):
     m = convert.commitment_to_pb(run.signed)
     m.ClearField("commitment")
@@ -370,12 +445,22 @@ def test_invalid_vote(run, changes):
         convert.vote_from_pb(m)
 
 
+@pytest.mark.parametrize("field", ["max_rel_error", "witness"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.5])
-def test_invalid_vote_layer_measurement(run, value):
+def test_invalid_vote_layer_measurement(run, value, field):
     m = convert.vote_to_pb(run.votes[0])
-    m.layer_checks[1].max_rel_error = value
+    setattr(m.layer_checks[1], field, value)
     with pytest.raises(Malformed):
         convert.vote_from_pb(m)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.5, 1.5, 1.0 + 1e-12])
+def test_invalid_vote_sequence_mismatch(run, value):
+    # [SKETCH.4]: a fraction of top entries, in [0, 1].
+    m = convert.vote_to_pb(resign(run.votes[0], sequence_check=SketchCheck(0, 0.5)))
+    m.sequence_check.mismatch = value
+    with pytest.raises(Malformed):
+        convert.vote_from_pb(wire(m))
 
 
 def test_invalid_vote_with_too_many_layer_checks(run):
@@ -443,7 +528,7 @@ def test_tile_reference_bounds_are_inclusive():
     )
 
 
-@pytest.mark.parametrize("field", ["request", "commitment"])
+@pytest.mark.parametrize("field", ["request", "commitment", "validator_set"])
 def test_invalid_receipt_without_a_part(field):
     m = convert.receipt_to_pb(get_receipt())
     m.ClearField(field)
@@ -451,17 +536,43 @@ def test_invalid_receipt_without_a_part(field):
         convert.receipt_from_pb(m)
 
 
+def test_receipt_round_trip_keeps_the_signed_validator_set():
+    # [VSET.3]: the receipt carries the set with its endorsements, as signed.
+    receipt = get_receipt()
+    back = convert.receipt_from_pb(wire(convert.receipt_to_pb(receipt)))
+    assert back.validator_set == receipt.validator_set == get_network().validator_set
+    assert back.validator_set.digest == receipt.request.validator_set_digest
+    check_receipt(back)
+
+
 @pytest.mark.parametrize("size", [0, 31, 33])
 def test_invalid_receipt_validator_key_length(size):
     m = convert.receipt_to_pb(get_receipt())
-    m.validators[2] = b"\x00" * size
+    m.validator_set.set.validators[2].key = b"\x00" * size
     with pytest.raises(Malformed, match="32 bytes"):
+        convert.receipt_from_pb(m)
+
+
+@pytest.mark.parametrize("size", [0, 31, 33])
+def test_invalid_receipt_endorsement_key_length(size):
+    m = convert.receipt_to_pb(get_receipt())
+    m.validator_set.endorsements[2].key = b"\x00" * size
+    with pytest.raises(Malformed, match="wrong size"):
         convert.receipt_from_pb(m)
 
 
 def test_invalid_receipt_with_too_many_validators():
     m = convert.receipt_to_pb(get_receipt())
-    m.validators.extend([b"\x00" * 32] * (convert.MAX_VALIDATORS + 1 - len(m.validators)))
+    validators = m.validator_set.set.validators
+    validators.extend([validators[0]] * (convert.MAX_VALIDATORS + 1 - len(validators)))
+    with pytest.raises(Malformed, match="too many"):
+        convert.receipt_from_pb(m)
+
+
+def test_invalid_receipt_with_too_many_endorsements():
+    m = convert.receipt_to_pb(get_receipt())
+    endorsements = m.validator_set.endorsements
+    endorsements.extend([endorsements[0]] * (convert.MAX_VALIDATORS + 1 - len(endorsements)))
     with pytest.raises(Malformed, match="too many"):
         convert.receipt_from_pb(m)
 

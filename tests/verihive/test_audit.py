@@ -14,7 +14,7 @@ from verihive.cli import infer_main, verify_main
 PROMPT = "What is the capital of France?"
 
 
-def _evidence_file(capsys, tmp_path, mode: str):
+def _evidence_file(capsys, tmp_path, mode: str, *args: str):
     path = tmp_path / f"{mode}.evidence"
     capsys.readouterr()
     infer_main(
@@ -28,6 +28,7 @@ def _evidence_file(capsys, tmp_path, mode: str):
             mode,
             "--evidence-out",
             str(path),
+            *args,
             PROMPT,
         ]
     )
@@ -49,6 +50,32 @@ def test_audit_proves_real_evidence(capsys, tmp_path, mode, check):
     assert verify_main(["audit", str(path), "--model", "tiny"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"proven: {check}:")
+
+
+def test_audit_proves_real_sequence_evidence(capsys, tmp_path):
+    # [SKETCH.5]: no openings in the file; the auditor re-runs its own prefill.
+    path = _evidence_file(capsys, tmp_path, "bad-sketch", "--sequence-check", "1")
+    message = pb.Evidence()
+    message.ParseFromString(path.read_bytes())
+    assert message.check == pb.CHECK_SEQUENCE and not message.HasField("response")
+    assert verify_main(["audit", str(path), "--model", "tiny"]) == 0
+    assert capsys.readouterr().out.startswith("proven: sequence:")
+
+
+def test_audit_refuses_made_up_sequence_evidence(capsys, tmp_path):
+    # bad-opening commits honest states (only its openings lie): its sketch fits the tokens.
+    path = _evidence_file(capsys, tmp_path, "bad-opening")
+    message = pb.Evidence()
+    message.ParseFromString(path.read_bytes())
+    evidence = convert.evidence_from_pb(message)
+    made_up = dataclasses.replace(
+        evidence, check=EvidenceCheck.SEQUENCE, response=None, position=0, measured=1.0
+    )
+    bad = tmp_path / "made-up-sequence.evidence"
+    bad.write_bytes(convert.evidence_to_pb(made_up).SerializeToString())
+    assert verify_main(["audit", str(bad), "--model", "tiny"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("not proven: sequence:") and "mismatches on 0 of" in out
 
 
 def test_audit_refuses_made_up_evidence(capsys, tmp_path):

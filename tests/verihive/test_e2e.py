@@ -97,7 +97,8 @@ def test_human_summary(capsys):
 def test_receipt_pinned_validator_set(capsys, tmp_path):
     path = tmp_path / "receipt.json"
     _run_json(capsys, "--receipt-out", str(path), "--max-new-tokens", "4")
-    keys = json.loads(path.read_text())["validators"]
+    members = json.loads(path.read_text())["validator_set"]["set"]["validators"]
+    keys = [m["key"] for m in members]
     good = tmp_path / "validators.txt"
     good.write_text("\n".join(base64.b64decode(k).hex() for k in keys) + "\n")
     assert verify_main(["receipt", str(path), "--validators", str(good)]) == 0
@@ -107,3 +108,34 @@ def test_receipt_pinned_validator_set(capsys, tmp_path):
     capsys.readouterr()
     assert verify_main(["receipt", str(path), "--validators", str(other)]) == 1
     assert "trusted" in capsys.readouterr().out
+
+
+# --- the whole-sequence sketch check [SKETCH.4]
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "1.0000001", "nan", "inf", "half"])
+def test_invalid_sequence_check_probability(capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        infer_main(["--model", "tiny", "--sequence-check", value, PROMPT])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--sequence-check" in err
+    if value != "half":
+        assert "not a probability in [0, 1]" in err
+
+
+def test_bad_sketch_is_caught_when_every_verifier_checks_the_sequence(capsys):
+    out = _run_json(capsys, "--byzantine-executor", "bad-sketch", "--sequence-check", "1")
+    first, second = out["attempts"]
+    assert first["accepted"] is False and first["verdicts"] == ["REJECT"] * 4
+    assert {v["evidence"]["check"] for v in first["votes"]} == {"sequence"}
+    # The evidence names the first position of the worst sketch chunk.
+    assert all(v["evidence"]["position"] % 32 == 0 for v in first["votes"])
+    assert second["accepted"] is True and out["accepted"] is True
+
+
+def test_bad_sketch_is_certified_when_no_verifier_checks_the_sequence(capsys):
+    # q = 0: only the sketch check could see it (the detection class of bad-sketch).
+    out = _run_json(capsys, "--byzantine-executor", "bad-sketch", "--sequence-check", "0")
+    assert [a["accepted"] for a in out["attempts"]] == [True]
+    assert out["accepted"] is True and out["executor"] == out["attempts"][0]["executor"]

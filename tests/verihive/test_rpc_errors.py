@@ -25,14 +25,14 @@ def net(tiny):
 
 @pytest.fixture(scope="module")
 def good_request(net, tiny):
-    validators = net.assembler.validators
+    vset = net.assembler.validator_set.vset
     return compute_request(
         AssemblerPolicy(net.assembler.policy.network_id),
         os.urandom(16),
         tiny.model_id,
         (1, 9690, 198, 2683),
         SamplingParams(max_new_tokens=4),
-        validators,
+        vset,
     )
 
 
