@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from bft.challenge import compute_commitment_challenge
 from bft.confirmation import Confirmation, Finding, compute_accusation_digest
-from bft.errors import Unavailable
+from bft.errors import ProtocolError, Unavailable
 from bft.messages import (
     Evidence,
     EvidenceCheck,
@@ -79,7 +79,7 @@ class AlwaysRejectVerifier(VerifierCore):
         response: OpeningResponse | None
         try:
             response = fetch(session)
-        except Exception:
+        except ProtocolError:  # a liar accuses even without openings
             response = None
         layer = session.challenge.layers[0].layer if session.challenge.layers else 1
         why = f"layer {layer} recomputes with error 1 (made up)"

@@ -9,9 +9,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM
 from bft.byzantine import VERIFIER_MODES
@@ -283,21 +283,29 @@ def _read_validators(path: Path) -> tuple[PublicKey, ...]:
     return tuple(keys)
 
 
+M = TypeVar("M", bound=Message)
+
+
+def _read_message(path: Path, message: M) -> M:
+    """Return ``message`` parsed from the file ``path`` (at most 64 MiB); raise ``Malformed``."""
+    data = path.read_bytes()
+    if len(data) > MAX_EVIDENCE_BYTES:
+        raise Malformed(f"{path.name} is larger than {MAX_EVIDENCE_BYTES} bytes")
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:
+        name = message.DESCRIPTOR.full_name
+        raise Malformed(f"not a {name} message: {exc}") from exc
+    return message
+
+
 def _audit(path: Path, model: str) -> int:
     """Run ``bft-verify audit``; print one line; return the exit code. [EVID.4]"""
     from bft.evidence import MODEL_FREE_CHECKS, audit_evidence
     from executor.thresholds import load_thresholds
 
     try:
-        data = path.read_bytes()
-        if len(data) > MAX_EVIDENCE_BYTES:
-            raise Malformed(f"evidence file larger than {MAX_EVIDENCE_BYTES} bytes")
-        message = pb.Evidence()
-        try:
-            message.ParseFromString(data)
-        except DecodeError as exc:
-            raise Malformed(f"not a verihive.v1.Evidence message: {exc}") from exc
-        evidence = convert.evidence_from_pb(message)
+        evidence = convert.evidence_from_pb(_read_message(path, pb.Evidence()))
     except OSError as exc:
         print(f"malformed: cannot read {path}: {exc.strerror}")
         return 2
@@ -344,15 +352,7 @@ def _check_slash_file(path: Path, model: str) -> int:
     from slashing.records import check_slash
 
     try:
-        data = path.read_bytes()
-        if len(data) > MAX_EVIDENCE_BYTES:
-            raise Malformed(f"slash file larger than {MAX_EVIDENCE_BYTES} bytes")
-        message = pb.SlashProof()
-        try:
-            message.ParseFromString(data)
-        except DecodeError as exc:
-            raise Malformed(f"not a verihive.v1.SlashProof message: {exc}") from exc
-        record, vset = convert.slash_from_pb(message)
+        record, vset = convert.slash_from_pb(_read_message(path, pb.SlashProof()))
     except OSError as exc:
         print(f"malformed: cannot read {path}: {exc.strerror}")
         return 2
