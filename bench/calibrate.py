@@ -72,9 +72,16 @@ edge can swap one entry between executor and verifier)."""
 
 
 def measure(
-    backend: TorchBackend, request: InferenceRequest, tokens: list[int], states: States
+    backend: TorchBackend,
+    request: InferenceRequest,
+    tokens: list[int],
+    states: States,
+    sketch: tuple[bytes, ...] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Return every check's per-position measurements of committed ``states``."""
+    """Return every check's per-position measurements of committed ``states``.
+
+    ``sketch`` is the one the executor committed; by default, the sketch of ``states``.
+    """
     num_layers = states.shape[0] - 1
     emb = compute_rel_errors(states[0], backend.embed(tokens), np.zeros_like(states[0]))
     layers = np.stack(
@@ -91,7 +98,7 @@ def measure(
         ]
     )
     final = backend.final_states(tokens)
-    sketch = compute_sketch(states[num_layers])
+    sketch = sketch if sketch is not None else compute_sketch(states[num_layers])
     sequence = np.array(
         [
             measure_chunk(final[j * SKETCH_CHUNK : (j + 1) * SKETCH_CHUNK].reshape(-1), data)
@@ -99,21 +106,6 @@ def measure(
         ]
     )  # [chunks]
     return {"embedding": emb, "layer": layers, "sampler": margins, "sequence": sequence}
-
-
-def measure_committed(
-    backend: TorchBackend, request: InferenceRequest, tokens: list[int], states: States, c: Any
-) -> dict[str, np.ndarray]:
-    """Return :func:`measure` with the sketch the executor actually committed to."""
-    m = measure(backend, request, tokens, states)
-    final = backend.final_states(tokens)
-    m["sequence"] = np.array(
-        [
-            measure_chunk(final[j * SKETCH_CHUNK : (j + 1) * SKETCH_CHUNK].reshape(-1), data)
-            for j, data in enumerate(c.sketch)
-        ]
-    )
-    return m
 
 
 # -- honest sources --------------------------------------------------------------------------
@@ -314,7 +306,7 @@ def main() -> None:
                     for b in range(c.num_layers + 1)
                 ]
             )
-            m = measure_committed(backend, r, list(c.tokens), states, c)
+            m = measure(backend, r, list(c.tokens), states, c.sketch)
             if "sequence" in checks:  # caught when any chunk mismatches
                 values["sequence"].append(float(m["sequence"].max()))
             if "layer" in checks:

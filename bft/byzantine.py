@@ -16,13 +16,12 @@ Every mode signs what it sends with its own key, so each lie is attributable:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import replace
 
 from bft.challenge import compute_commitment_challenge
-from bft.confirmation import Confirmation, Finding, compute_accusation_digest
+from bft.confirmation import Confirmation, Finding, sign_confirmation
 from bft.errors import ProtocolError, Unavailable
+from bft.evidence import AuditResult
 from bft.messages import (
     Evidence,
     EvidenceCheck,
@@ -124,17 +123,8 @@ class DoubleVoteVerifier(VerifierCore):
     ) -> tuple[Vote, Vote]:
         """Return the honest vote and the contradicting one."""
         honest = VerifierCore.run(self, request, signed, fetch)
-        liar = AlwaysRejectVerifier if honest.verdict is Verdict.ACCEPT else AlwaysAcceptVerifier
-        twin = liar(
-            self.key,
-            self.model,
-            self.model_id,
-            self.num_layers,
-            self.hidden_size,
-            self.network_id,
-            self.thresholds,
-        )
-        return honest, twin.run(request, signed, fetch)
+        opposite = "always-reject" if honest.verdict is Verdict.ACCEPT else "always-accept"
+        return honest, make_byzantine_verifier(opposite, self).run(request, signed, fetch)
 
 
 def make_byzantine_verifier(mode: str, honest: VerifierCore) -> VerifierCore:
@@ -161,14 +151,7 @@ def make_byzantine_verifier(mode: str, honest: VerifierCore) -> VerifierCore:
 
 
 def _finding(core: VerifierCore, accusation: Vote, finding: Finding) -> Confirmation:
-    unsigned = Confirmation(
-        network_id=accusation.network_id,
-        request_digest=accusation.request_digest,
-        commitment_digest=accusation.commitment_digest,
-        accusation_digest=compute_accusation_digest(accusation),
-        verifier_key=core.key.public_key,
-        finding=finding,
-        measured=0.0 if not math.isfinite(accusation.max_error) else accusation.max_error,
-        detail="made up",
-    )
-    return replace(unsigned, signature=core.key.sign(unsigned.signing_root()))
+    ev = accusation.evidence
+    check = ev.check if ev is not None else EvidenceCheck.LAYER
+    made_up = AuditResult(finding is Finding.CONFIRM, check, "made up")
+    return sign_confirmation(core.key, accusation, made_up)

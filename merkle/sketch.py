@@ -78,8 +78,19 @@ def select_top(flat: npt.NDArray[np.float32], k: int = SKETCH_TOP_K) -> npt.NDAr
     return order[: min(k, flat.size)].astype(np.int64)
 
 
-def _field_points(indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    return indices % SKETCH_PRIME
+def select_points(
+    flat: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Return the top entries' flat indices and field points, colliding points left out.
+
+    An entry whose point (index mod the prime) an earlier, larger entry already holds is not
+    committed; executor and verifier drop it alike. [SKETCH.2]
+    """
+    idx = select_top(flat)
+    points = idx % SKETCH_PRIME
+    _, first = np.unique(points, return_index=True)
+    keep = np.sort(first)
+    return idx[keep], points[keep]
 
 
 def _inverse(a: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -134,12 +145,8 @@ def encode_chunk(flat: npt.NDArray[np.float32]) -> bytes:
 
     Entries whose index collides modulo the prime with a larger entry's are left out.
     """
-    idx = select_top(flat)
-    points = _field_points(idx)
-    _, first = np.unique(points, return_index=True)
-    keep = np.sort(first)
-    bits = to_bf16_bits(flat[idx[keep]])
-    coeffs = interpolate(points[keep], bits)
+    idx, points = select_points(flat)
+    coeffs = interpolate(points, to_bf16_bits(flat[idx]))
     return coeffs.astype("<u2").tobytes()
 
 
@@ -175,11 +182,7 @@ def check_sketch_shape(sketch: tuple[bytes, ...], num_tokens: int) -> None:
 def measure_chunk(flat: npt.NDArray[np.float32], data: bytes) -> float:
     """Return the fraction of our own top entries whose committed value does not match."""
     coeffs = decode_chunk(data)
-    idx = select_top(flat)
-    points = _field_points(idx)
-    _, first = np.unique(points, return_index=True)
-    keep = np.sort(first)  # as in encode_chunk: a colliding smaller entry is not committed
-    idx, points = idx[keep], points[keep]
+    idx, points = select_points(flat)
     committed = evaluate(coeffs, points)
     finite = (committed & 0x7FFF) < _BF16_NAN_MIN
     values = from_bf16_bits(np.where(finite, committed, 0)).astype(np.float64)
