@@ -353,7 +353,7 @@ def main() -> None:
         "machine": describe_machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    path = get_thresholds_path("torch-cpu", "float32")
+    path = get_thresholds_path("torch-cpu-float32")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, **thresholds}, indent=2, sort_keys=True) + "\n")
     write_results(

@@ -79,6 +79,7 @@ def audit_evidence(
     c = ev.signed.commitment
     if c.request_digest != ev.request.digest():
         return _result(ev, False, "commitment was not signed for the request in the evidence")
+    table = thresholds or Thresholds()
     if ev.check is EvidenceCheck.EQUIVOCATION:
         return _audit_equivocation(ev)
     if ev.check in (EvidenceCheck.COMMITMENT, EvidenceCheck.LENGTH):
@@ -89,12 +90,13 @@ def audit_evidence(
             auditor.num_layers,
             auditor.hidden_size,
             auditor.model.vocab_size,
+            table.profiles,
         ) or compute_length_violation(ev.request, c.output_tokens, auditor.model.eos_ids)
         return _result(ev, problem is not None, problem or "commitment fits its request")
     if ev.check is not EvidenceCheck.OPENING:
         auditor = _require_model(auditor, ev)
     if ev.check is EvidenceCheck.SEQUENCE:
-        return _audit_sequence(ev, _require_model(auditor, ev), thresholds or Thresholds())
+        return _audit_sequence(ev, _require_model(auditor, ev), table.require(c.profile))
     response = ev.response
     if response is None:
         return _result(ev, False, "claim needs the executor's signed openings")
@@ -108,7 +110,7 @@ def audit_evidence(
         return _result(ev, ev.check is EvidenceCheck.OPENING, f"signed opening is bad: {exc}")
     if ev.check is EvidenceCheck.OPENING:
         return _result(ev, False, "every signed opening opens the signed root")
-    return _audit_computation(ev, _require_model(auditor, ev), thresholds or Thresholds(), tiles)
+    return _audit_computation(ev, _require_model(auditor, ev), table.require(c.profile), tiles)
 
 
 def _require_model(auditor: AuditModel | None, ev: Evidence) -> AuditModel:
@@ -204,10 +206,10 @@ def spot_audit_vote(
     do not re-compute was signed without the work, or with made-up results. ``response`` must
     open the tiles of the vote's layer checks (the executor serves them to anyone).
     """
-    t = thresholds or Thresholds()
     vote.check()
     if vote.commitment_digest != signed.digest:
         raise Reject("vote is about another commitment")
+    t = (thresholds or Thresholds()).require(signed.commitment.profile)
     tiles = open_tiles(signed, response)
     c = signed.commitment
     for lc in vote.layer_checks:

@@ -206,6 +206,15 @@ class Commitment:
     num_leaves: int
     sketch: tuple[bytes, ...] = ()
     """The whole-sequence sketch of the last boundary, one entry per 32 positions. [SKETCH.1]"""
+    settings: str = ""
+    """How the executor ran: device, library versions, kernels, parallelism. [EXEC.6]
+
+    Informational: verifiers select their bands by :attr:`profile`, never by this string."""
+
+    @property
+    def profile(self) -> str:
+        """Return the execution profile ``<backend>-<dtype>`` (selects the bands). [EXEC.5]"""
+        return f"{self.backend}-{self.dtype}"
 
     @property
     def executor_id(self) -> NodeId:
@@ -227,6 +236,7 @@ class Commitment:
         _check_str(self.network_id, "network_id")
         _check_str(self.dtype, "dtype")
         _check_str(self.backend, "backend")
+        _check_str(self.settings, "settings")
         _check_len(self.request_digest, DIGEST_SIZE, "request_digest")
         _check_len(self.model_id, DIGEST_SIZE, "model_id")
         _check_len(self.executor_key, PUBLIC_KEY_SIZE, "executor_key")
@@ -266,6 +276,7 @@ class Commitment:
             .bytes_(self.merkle_root)
             .u64(self.num_leaves)
             .list_(self.sketch)
+            .str_(self.settings)
             .build()
         )
         return compute_signing_root(TAG_COMMITMENT, self.network_id, body)

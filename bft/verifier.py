@@ -98,6 +98,10 @@ class LayerModel(Protocol):
         ...
 
 
+DEFAULT_PROFILE = "torch-cpu-float32"
+"""The reference execution profile: torch on the CPU in float32. [EXEC.5]"""
+
+
 @dataclass(frozen=True, slots=True)
 class Band:
     """Accept at or below ``accept_max``; reject above ``reject_min``; between: grey."""
@@ -131,6 +135,26 @@ class Thresholds:
     embedding: Band = Band(1e-6, 1e-5)
     sampler: Band = Band(1e-3, 5e-2)
     sequence: Band = Band(0.05, 0.5)
+    profile: str = DEFAULT_PROFILE
+    """The executor profile (``<backend>-<dtype>``, [EXEC.5]) these bands are for."""
+    others: tuple[Thresholds, ...] = ()
+    """Bands for further admitted executor profiles (a verifier's calibration table)."""
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """Return the executor profiles this verifier admits, its own first. [EXEC.5]"""
+        return (self.profile, *(t.profile for t in self.others))
+
+    def select(self, profile: str) -> Thresholds | None:
+        """Return the bands for commitments of executor ``profile``, or ``None`` if unadmitted."""
+        return next((t for t in (self, *self.others) if t.profile == profile), None)
+
+    def require(self, profile: str) -> Thresholds:
+        """Return :meth:`select`'s bands or raise :class:`ValueError` (cannot judge)."""
+        t = self.select(profile)
+        if t is None:
+            raise ValueError(f"no calibrated bands for executor profile {profile}")
+        return t
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +391,12 @@ class VerifierCore:
             # executor, so there is no vote at all (the assembler checks this too). [VERIFY.1]
             raise Ignore("commitment is not bound to this request")
         why = compute_commitment_problem(
-            request, signed, self.num_layers, self.hidden_size, self.model.vocab_size
+            request,
+            signed,
+            self.num_layers,
+            self.hidden_size,
+            self.model.vocab_size,
+            self.thresholds.profiles,
         )
         if why is not None:
             return EvidenceCheck.COMMITMENT, why
@@ -517,7 +546,7 @@ class VerifierCore:
         self, session: Session, response: OpeningResponse, m: Measurements
     ) -> Session | Vote:
         """Apply the thresholds to ``m``: REJECT, escalate once on grey, or ACCEPT. [VERIFY.4]"""
-        t = self.thresholds
+        t = self.thresholds.require(session.signed.commitment.profile)
         req, signed = session.request, session.signed
         findings: list[tuple[str, Evidence, str]] = []
         cls = t.embedding.classify(m.embedding_error)
@@ -601,8 +630,13 @@ def compute_commitment_problem(
     num_layers: int,
     hidden_size: int,
     vocab_size: int,
+    profiles: Sequence[str] = (DEFAULT_PROFILE,),
 ) -> str | None:
-    """Return why the signed commitment contradicts ``request`` or the model, or ``None``."""
+    """Return why the signed commitment contradicts ``request`` or the model, or ``None``.
+
+    ``profiles``: the executor profiles the network admits ([EXEC.5]); a commitment of any
+    other profile is refused, since no calibrated band could judge it.
+    """
     c = signed.commitment
     # The caller has checked that the commitment is bound to ``request`` (its digest); the
     # output length is the length rule's (compute_length_violation).
@@ -613,7 +647,7 @@ def compute_commitment_problem(
         (max(c.tokens) >= vocab_size, "token id outside the model's vocabulary"),
         (c.num_layers != num_layers, "commitment has the wrong number of layers"),
         (c.hidden_size != hidden_size, "commitment has the wrong hidden size"),
-        (c.dtype != "float32", f"dtype {c.dtype} is not checkable by this verifier"),
+        (c.profile not in profiles, f"execution profile {c.profile} is not admitted"),
         (_sketch_problem(c.sketch, len(c.tokens)), "sketch does not fit the committed tokens"),
     ]
     return next((why for bad, why in problems if bad), None)

@@ -2,11 +2,13 @@
 
 A backend generates with the protocol's sampler, runs the *proving prefill* (hidden state at
 every layer boundary), and re-executes single layers for verifiers. The torch backend runs on
-the CPU in float32; the vLLM backend arrives with issue [gpu].
+the CPU or a CUDA GPU in float32, bfloat16 or float16; the vLLM backend
+(:mod:`executor.vllm_backend`) generates with vLLM on a GPU and proves with the torch backend.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,13 +24,57 @@ from executor.sampler import compute_sampler_margin, sample_token
 
 @dataclass(frozen=True, slots=True)
 class BackendInfo:
-    """What a backend records in commitments: its name and activation dtype."""
+    """What a backend records in commitments. [EXEC.5], [EXEC.6]
+
+    ``name`` and ``dtype`` make the execution profile ``<name>-<dtype>`` that selects the
+    verifier's bands; ``settings`` says how it ran (device, versions, kernels, parallelism).
+    """
 
     name: str
     dtype: str
     num_layers: int
     hidden_size: int
     vocab_size: int
+    settings: str = ""
+
+    @property
+    def profile(self) -> str:
+        """Return the execution profile ``<name>-<dtype>``."""
+        return f"{self.name}-{self.dtype}"
+
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+"""Compute dtypes a backend may run in, by their names in commitments."""
+
+
+def get_dtype_name(dtype: torch.dtype) -> str:
+    """Return the commitment name of torch ``dtype``."""
+    for name, value in DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"unsupported compute dtype {dtype}")
+
+
+def describe_settings(model: torch.nn.Module, device: torch.device) -> str:
+    """Return the [EXEC.6] settings string of a torch model on ``device`` (<= 256 chars)."""
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or "default"
+    parts = [f"torch={torch.__version__}", f"attn={attn}", "tp=1"]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        parts += [
+            f"device={props.name}",
+            f"cc={props.major}.{props.minor}",
+            f"fp32_matmul={torch.get_float32_matmul_precision()}",
+            "bf16_reduced_reduction="
+            + str(int(torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)),
+        ]
+    else:  # no thread count: it varies by host and is calibrated as honest noise
+        parts.append(f"device={device.type}")
+    return ";".join(parts)[:256]
 
 
 class Backend(Protocol):
@@ -54,22 +100,47 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """A HuggingFace Llama-family model run with torch, float32.
+    """A HuggingFace Llama-family model run with torch, on the CPU or a CUDA GPU. [EXEC.4]
 
-    The proving prefill and single-layer re-execution share one code path
-    (:meth:`_run_layers`) with an explicit causal mask, so that prover and verifier compute
-    each layer the same way.
+    The proving prefill and single-layer re-execution share one code path with an explicit
+    causal mask, so that prover and verifier compute each layer the same way. The decoder
+    layers run in ``dtype``; hidden states cross the interface as float32 (tiles are float32
+    whatever the compute dtype), and the final norm and LM head always run in float32
+    ([SAMPLE.6]), so that every profile samples from the same function of the boundary-L state.
     """
 
-    def __init__(self, model: LlamaForCausalLM, name: str = "torch-cpu") -> None:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        name: str | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        first = next(model.parameters())
+        want = dtype or first.dtype
+        if first.device != dev or first.dtype != want:
+            model = copy.deepcopy(model).to(device=dev, dtype=want)
         self.model = model.eval()
+        self.device = dev
+        self.dtype = want
+        # [SAMPLE.6]: the head runs in float32 in every profile. The norm is a copy in any
+        # case: generate() hooks the model's own norm to capture the boundary-L state.
+        self._head_norm = copy.deepcopy(self.model.model.norm).to(torch.float32)
+        self._head = self.model.lm_head
+        if want != torch.float32:
+            self._head = copy.deepcopy(self._head).to(torch.float32)
         cfg = model.config
         self.info = BackendInfo(
-            name=name,
-            dtype="float32",
+            name=name or f"torch-{dev.type}",
+            dtype=get_dtype_name(want),
             num_layers=cfg.num_hidden_layers,
             hidden_size=cfg.hidden_size,
             vocab_size=cfg.vocab_size,
+            settings=describe_settings(self.model, dev),
         )
         eos = cfg.eos_token_id
         self._eos_ids = frozenset(eos if isinstance(eos, list) else [] if eos is None else [eos])
@@ -84,66 +155,84 @@ class TorchBackend:
         """Return the vocabulary size."""
         return self.info.vocab_size
 
+    def _ids(self, tokens: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+
+    def _hidden(self, hidden: npt.NDArray[np.float32]) -> torch.Tensor:
+        h = torch.from_numpy(np.ascontiguousarray(hidden, dtype=np.float32))
+        return h.to(device=self.device, dtype=self.dtype)
+
+    def _head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Return float32 logits of boundary-L states ``h`` (final norm + LM head). [SAMPLE.6]"""
+        h32 = h.to(torch.float32)
+        return self._head(self._head_norm(h32))  # type: ignore[no-any-return]
+
     @torch.inference_mode()
     def generate(self, prompt: Sequence[int], params: SamplingParams, seed: bytes) -> list[int]:
-        """Return output tokens, sampled position by position with a KV cache."""
-        ids = torch.tensor([list(prompt)], dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        tokens: list[int] = []
-        for i in range(params.max_new_tokens):
-            logits = out.logits[0, -1].float().numpy()
-            tok = sample_token(logits, params, seed, len(prompt) + i)
-            tokens.append(tok)
-            if params.stop_at_eos and tok in self.eos_ids:
-                break
-            if i + 1 == params.max_new_tokens:
-                break
-            out = self.model(
-                input_ids=torch.tensor([[tok]]),
-                past_key_values=out.past_key_values,
-                use_cache=True,
-            )
+        """Return output tokens, sampled position by position with a KV cache.
+
+        The logits come from the boundary-L state (the final norm's input, captured by a hook)
+        through :meth:`_head_logits`, as a verifier computes them. [SAMPLE.6]
+        """
+        boundary: list[torch.Tensor] = []
+
+        def capture(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            boundary.append(args[0][0, -1])
+
+        hook = self.model.model.norm.register_forward_pre_hook(capture)
+        try:
+            cache = DynamicCache(config=self.model.config)
+            self.model.model(input_ids=self._ids(prompt), past_key_values=cache, use_cache=True)
+            tokens: list[int] = []
+            for i in range(params.max_new_tokens):
+                logits = _to_numpy(self._head_logits(boundary.pop()))
+                tok = sample_token(logits, params, seed, len(prompt) + i)
+                tokens.append(tok)
+                if params.stop_at_eos and tok in self.eos_ids:
+                    break
+                if i + 1 == params.max_new_tokens:
+                    break
+                self.model.model(input_ids=self._ids([tok]), past_key_values=cache, use_cache=True)
+        finally:
+            hook.remove()
         return tokens
 
     @torch.inference_mode()
     def prove(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return ``[L+1, T, H]`` raw decoder-layer outputs (boundary L precedes the final norm)."""
-        h = self.model.model.embed_tokens(torch.tensor([list(tokens)], dtype=torch.long))
+        h = self.model.model.embed_tokens(self._ids(tokens))
         states = [h[0]]
-        layers = self.model.model.layers
         mask, pos, rope = self._attention_inputs(h)
-        for layer in layers:
+        for layer in self.model.model.layers:
             h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
             states.append(h[0])
-        return np.asarray(torch.stack(states).float().numpy(), dtype=np.float32)
+        return _to_numpy(torch.stack(states))
 
     @torch.inference_mode()
     def final_states(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return the ``[T, H]`` boundary-L states of one prefill (the sketch check's input)."""
-        h = self.model.model.embed_tokens(torch.tensor([list(tokens)], dtype=torch.long))
+        h = self.model.model.embed_tokens(self._ids(tokens))
         mask, pos, rope = self._attention_inputs(h)
         for layer in self.model.model.layers:
             h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
-        return np.asarray(h[0].float().numpy(), dtype=np.float32)
+        return _to_numpy(h[0])
 
     @torch.inference_mode()
     def embed(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
         """Return the embedding rows of ``tokens``."""
-        ids = torch.tensor(list(tokens), dtype=torch.long)
-        return np.asarray(self.model.model.embed_tokens(ids).float().numpy(), dtype=np.float32)
+        return _to_numpy(self.model.model.embed_tokens(self._ids(tokens))[0])
 
     @torch.inference_mode()
     def run_layer(self, layer: int, hidden_in: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Return decoder layer ``layer`` (1..L) applied to ``hidden_in`` (``[P, H]``)."""
         if not 1 <= layer <= self.info.num_layers:
             raise ValueError(f"layer {layer} outside 1..{self.info.num_layers}")
-        h = torch.from_numpy(np.ascontiguousarray(hidden_in, dtype=np.float32))[None]
+        h = self._hidden(hidden_in)[None]
         mask, pos, rope = self._attention_inputs(h)
         out = self.model.model.layers[layer - 1](
             h, attention_mask=mask, position_ids=pos, position_embeddings=rope
         )
-        return np.asarray(out[0].float().numpy(), dtype=np.float32)
+        return _to_numpy(out[0])
 
     @torch.inference_mode()
     def run_layer_with_update(
@@ -159,14 +248,13 @@ class TorchBackend:
             out = self.run_layer(layer, hidden_in)
         finally:
             hook.remove()
-        return out, np.asarray(captured[0][0].float().numpy(), dtype=np.float32)
+        return out, _to_numpy(captured[0][0])
 
     @torch.inference_mode()
     def final_logits(self, hidden_last: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Return LM-head logits for boundary-L states ``[P, H]`` (final norm applied)."""
+        """Return float32 LM-head logits for boundary-L states ``[P, H]``. [SAMPLE.6]"""
         h = torch.from_numpy(np.ascontiguousarray(hidden_last, dtype=np.float32))
-        logits = self.model.lm_head(self.model.model.norm(h))
-        return np.asarray(logits.float().numpy(), dtype=np.float32)
+        return _to_numpy(self._head_logits(h.to(self.device)))
 
     def sampler_margin(
         self,
@@ -185,7 +273,11 @@ class TorchBackend:
         self, h: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         t = h.shape[1]
-        pos = torch.arange(t, dtype=torch.long)[None]
-        mask = torch.full((t, t), float("-inf"), dtype=h.dtype).triu(1)[None, None]
+        pos = torch.arange(t, dtype=torch.long, device=h.device)[None]
+        mask = torch.full((t, t), float("-inf"), dtype=h.dtype, device=h.device).triu(1)
         rope = self.model.model.rotary_emb(h, pos)
-        return mask, pos, rope
+        return mask[None, None], pos, rope
+
+
+def _to_numpy(t: torch.Tensor) -> npt.NDArray[np.float32]:
+    return np.asarray(t.detach().to(torch.float32).cpu().numpy(), dtype=np.float32)

@@ -128,6 +128,7 @@ class ExecutorCore:
             merkle_root=tree.root,
             num_leaves=tree.size,
             sketch=self.compute_sketch(states),
+            settings=self.backend.info.settings,
         )
         signed = SignedCommitment(commitment, self.key.sign(commitment.signing_root()))
         with self._lock:

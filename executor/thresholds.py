@@ -1,8 +1,11 @@
-"""Calibrated verifier thresholds, one JSON file per (backend, dtype). [CAL.1]
+"""Calibrated verifier thresholds, one table per verifier profile. [CAL.1], [EXEC.5]
 
-``bench/calibrate.py`` writes ``executor/thresholds/<backend>-<dtype>.json``; the verifier
-loads it. Each band is ``accept_max = F x (largest honest error)`` and
-``reject_min = (weakest cheat signal) / F`` with the safety factor ``F`` stated in the file.
+A verifier of profile ``V`` (``<backend>-<dtype>``, e.g. ``torch-cpu-float32``) judges
+commitments of every executor profile ``E`` it holds a calibration for:
+``executor/thresholds/<V>/<E>.json``, written by ``bench/calibrate.py``. Each band is
+``accept_max = F x (largest honest error)`` and ``reject_min = (weakest cheat signal) / F`` with
+the safety factor ``F`` stated in the file. The profiles found there are the executor profiles
+the verifier admits; a commitment of any other profile is refused ([EXEC.5]).
 """
 
 from __future__ import annotations
@@ -10,27 +13,53 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bft.verifier import Band, Thresholds
+from bft.verifier import DEFAULT_PROFILE, Band, Thresholds
 
 THRESHOLDS_DIR = Path(__file__).resolve().parent / "thresholds"
+CHECKS = ("layer", "embedding", "sampler", "sequence")
 
 
-def get_thresholds_path(backend: str, dtype: str) -> Path:
-    """Return the thresholds file of (``backend``, ``dtype``)."""
-    return THRESHOLDS_DIR / f"{backend}-{dtype}.json"
+def get_thresholds_path(executor_profile: str, verifier_profile: str | None = None) -> Path:
+    """Return the file of bands for ``executor_profile`` judged by ``verifier_profile``.
+
+    The verifier profile defaults to the executor's (a verifier of the same kind).
+    """
+    return THRESHOLDS_DIR / (verifier_profile or executor_profile) / f"{executor_profile}.json"
 
 
-def load_thresholds(backend: str = "torch-cpu", dtype: str = "float32") -> Thresholds:
-    """Return the calibrated thresholds of (``backend``, ``dtype``), or the defaults if none."""
-    path = get_thresholds_path(backend, dtype)
-    if not path.exists():
-        return Thresholds()
+def read_thresholds(path: Path, profile: str) -> Thresholds:
+    """Return the bands in the calibration file ``path`` for executor ``profile``."""
     data = json.loads(path.read_text())
     bands = {
         name: Band(float(data[name]["accept_max"]), float(data[name]["reject_min"]))
-        for name in ("layer", "embedding", "sampler", "sequence")
+        for name in CHECKS
     }
     for name, band in bands.items():
         if not 0 <= band.accept_max <= band.reject_min:
             raise ValueError(f"{path}: {name} band is not 0 <= accept_max <= reject_min")
-    return Thresholds(**bands)
+    return Thresholds(
+        bands["layer"], bands["embedding"], bands["sampler"], bands["sequence"], profile=profile
+    )
+
+
+def load_thresholds(verifier_profile: str = DEFAULT_PROFILE) -> Thresholds:
+    """Return the calibration table of a verifier of ``verifier_profile``.
+
+    Its own bands are those for executors of the same profile (the built-in defaults if that
+    file is missing); every other file in the profile's folder adds an admitted profile.
+    """
+    folder = THRESHOLDS_DIR / verifier_profile
+    own_path = folder / f"{verifier_profile}.json"
+    own = (
+        read_thresholds(own_path, verifier_profile)
+        if own_path.exists()
+        else Thresholds(profile=verifier_profile)
+    )
+    others = tuple(
+        read_thresholds(path, path.stem)
+        for path in sorted(folder.glob("*.json"))
+        if path.stem != verifier_profile
+    )
+    return Thresholds(
+        own.layer, own.embedding, own.sampler, own.sequence, profile=own.profile, others=others
+    )

@@ -132,6 +132,7 @@ def commitment_to_pb(s: SignedCommitment) -> pb.SignedCommitment:
             merkle_root=c.merkle_root,
             num_leaves=c.num_leaves,
             sketch=c.sketch,
+            settings=c.settings,
         ),
         signature=s.signature,
     )
@@ -156,6 +157,7 @@ def commitment_from_pb(m: pb.SignedCommitment) -> SignedCommitment:
         merkle_root=Digest(c.merkle_root),
         num_leaves=c.num_leaves,
         sketch=tuple(c.sketch),
+        settings=c.settings,
     )
     commitment.validate()
     return SignedCommitment(commitment=commitment, signature=Signature(m.signature))

@@ -196,6 +196,7 @@ class Commitment(_message.Message):
     MERKLE_ROOT_FIELD_NUMBER: _builtins.int
     NUM_LEAVES_FIELD_NUMBER: _builtins.int
     SKETCH_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     request_digest: _builtins.bytes
     model_id: _builtins.bytes
@@ -209,6 +210,8 @@ class Commitment(_message.Message):
     chunk_size: _builtins.int
     merkle_root: _builtins.bytes
     num_leaves: _builtins.int
+    settings: _builtins.str
+    """runtime: device, versions, kernels, parallelism [EXEC.6]"""
     @_builtins.property
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """prompt followed by output"""
@@ -234,10 +237,11 @@ class Commitment(_message.Message):
         merkle_root: _builtins.bytes = ...,
         num_leaves: _builtins.int = ...,
         sketch: _abc.Iterable[_builtins.bytes] | None = ...,
+        settings: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunk_size", b"chunk_size", "dtype", b"dtype", "executor_key", b"executor_key", "hidden_size", b"hidden_size", "merkle_root", b"merkle_root", "model_id", b"model_id", "network_id", b"network_id", "num_layers", b"num_layers", "num_leaves", b"num_leaves", "prompt_len", b"prompt_len", "request_digest", b"request_digest", "sketch", b"sketch", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "chunk_size", b"chunk_size", "dtype", b"dtype", "executor_key", b"executor_key", "hidden_size", b"hidden_size", "merkle_root", b"merkle_root", "model_id", b"model_id", "network_id", b"network_id", "num_layers", b"num_layers", "num_leaves", b"num_leaves", "prompt_len", b"prompt_len", "request_digest", b"request_digest", "settings", b"settings", "sketch", b"sketch", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

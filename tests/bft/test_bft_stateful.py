@@ -129,7 +129,7 @@ EXECUTOR_MODES = ("honest", "int8-weights", "skip-layer", "bad-opening")
 BEHAVIOURS = ("always-accept", "always-reject", "double-vote", "silent", "twins")
 LIARS = ("always-accept", "always-reject")
 """How the lying half of a Twins pair votes and confirms."""
-REQUEST_IDS = tuple(sha256(f"bft-stateful-{i}".encode())[:16] for i in (9, 0, 1))
+REQUEST_IDS = tuple(sha256(f"bft-stateful-{i}".encode())[:16] for i in (4, 36, 0))
 """Request ids whose ``skip-layer`` lie exactly one member sees (request 0), none sees (1: the
 lie escapes, as a partial cheat may), and two see (2); checked by the tests below."""
 SKIP_LAYER_CATCHERS = (1, 0, 2)

@@ -60,7 +60,7 @@ def byzantine_run(net: Network, mode: str, request_id: bytes) -> Run:
 @pytest.fixture(scope="module")
 def perturbed(net) -> Run:
     """One layer perturbed: the member whose challenge reaches it REJECTs, three ACCEPT."""
-    run = byzantine_run(net, "perturb-layer", b"\xc2" * 16)
+    run = byzantine_run(net, "perturb-layer", b"\xc5" * 16)
     assert [v.verdict for v in run.votes].count(Verdict.REJECT) == 1  # (for this request id)
     return run
 

@@ -371,6 +371,7 @@ COMMITMENT_FIELDS = {
     "merkle_root": _bytes32,
     "num_leaves": _u63,
     "sketch": st.lists(st.binary(min_size=2, max_size=6), max_size=3).map(tuple),
+    "settings": st.text(max_size=12),
 }
 _layer_check = st.builds(
     LayerCheck,

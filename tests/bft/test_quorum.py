@@ -256,8 +256,14 @@ def checked(net) -> Run:
     return net.run(net.request(request_id=b"\x34" * 16, sequence_check_ppm=1_000_000))
 
 
-def test_accept_votes_report_the_sketch_check_exactly_when_drawn(run, checked):
-    for r, drawn in ((run, False), (checked, True)):
+@pytest.fixture(scope="module")
+def unchecked(net) -> Run:
+    """Return an honest run where no verifier draws the sketch check (q = 0)."""
+    return net.run(net.request(request_id=b"\x36" * 16, sequence_check_ppm=0))
+
+
+def test_accept_votes_report_the_sketch_check_exactly_when_drawn(unchecked, checked):
+    for r, drawn in ((unchecked, False), (checked, True)):
         for vote in r.votes:
             assert r.sessions[vote.verifier_key].challenge.sequence_check is drawn
             assert (vote.sequence_check is not None) is drawn
@@ -275,7 +281,8 @@ def test_invalid_accept_vote_without_its_drawn_sketch_check(net, checked):
             qc_check(checked, (forged, *(v for v in checked.votes if v is not vote)))
 
 
-def test_invalid_accept_vote_with_a_sketch_check_it_did_not_draw(net, run):
+def test_invalid_accept_vote_with_a_sketch_check_it_did_not_draw(net, unchecked):
+    run = unchecked
     for vote in run.votes:
         assert not run.sessions[vote.verifier_key].challenge.sequence_check
         forged = resign_vote(vote, net.key_of(vote.verifier_key), sequence_check=SketchCheck(0, 0))

@@ -87,7 +87,8 @@ def test_invalid_commitment_not_bound_to_the_request_gets_no_vote(net, run, memb
         ({"tokens": (1, *range(101, 128))}, "prompt differs"),
         ({"num_layers": 3, "num_leaves": 16}, "number of layers"),
         ({"hidden_size": 32}, "hidden size"),
-        ({"dtype": "bfloat16"}, "not checkable"),
+        ({"dtype": "bfloat16"}, "profile torch-cpu-bfloat16 is not admitted"),
+        ({"backend": "torch-cuda"}, "profile torch-cuda-float32 is not admitted"),
     ],
     ids=lambda x: x if isinstance(x, str) else None,
 )

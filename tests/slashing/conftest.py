@@ -33,7 +33,7 @@ def byzantine_run(net: Network, mode: str, request_id: bytes) -> Run:
 @pytest.fixture(scope="session")
 def fraud(net) -> Run:
     """One perturbed layer, caught by one member and confirmed by all four."""
-    run = byzantine_run(net, "perturb-layer", b"\xd2" * 16)
+    run = byzantine_run(net, "perturb-layer", b"\xd3" * 16)
     assert [v.verdict for v in run.votes].count(Verdict.REJECT) == 1  # (for this request id)
     return run
 
