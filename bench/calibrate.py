@@ -36,8 +36,8 @@ from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
 from bft.messages import InferenceRequest, SamplingParams
 from bft.validators import ValidatorSet
-from bft.verifier import compute_rel_errors
-from executor.backend import TorchBackend
+from bft.verifier import DEFAULT_PROFILE, compute_rel_errors
+from executor.backend import DTYPES, TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.model import LoadedModel, load_smollm2
 from executor.thresholds import get_thresholds_path
@@ -112,6 +112,7 @@ def measure(
 
 
 def prove_threads_1(backend: TorchBackend, tokens: list[int]) -> States:
+    """Prove ``tokens`` with one CPU thread instead of the default."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -123,19 +124,20 @@ def prove_threads_1(backend: TorchBackend, tokens: list[int]) -> States:
 @torch.inference_mode()
 def prove_padded_batch(backend: TorchBackend, tokens: list[int]) -> States:
     """Prove ``tokens`` as row 0 of a right-padded batch whose row 1 is longer."""
-    model = backend.model
+    model, dev = backend.model, backend.device
     other = [1] + [(t * 7 + 11) % backend.info.vocab_size for t in tokens] + tokens[:8]
     t_max = len(other)
-    ids = torch.tensor([tokens + [2] * (t_max - len(tokens)), other])
+    ids = torch.tensor([tokens + [2] * (t_max - len(tokens)), other], device=dev)
     h = model.model.embed_tokens(ids)
-    pos = torch.arange(t_max)[None].expand(2, -1)
-    mask = torch.full((t_max, t_max), float("-inf")).triu(1)[None, None].expand(2, 1, -1, -1)
+    pos = torch.arange(t_max, device=dev)[None].expand(2, -1)
+    mask = torch.full((t_max, t_max), float("-inf"), dtype=h.dtype, device=dev).triu(1)
+    mask = mask[None, None].expand(2, 1, -1, -1)
     rope = model.model.rotary_emb(h, pos)
     out = [h[0, : len(tokens)]]
     for layer in model.model.layers:
         h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=rope)
         out.append(h[0, : len(tokens)])
-    return torch.stack(out).float().numpy()
+    return torch.stack(out).float().cpu().numpy()
 
 
 @torch.inference_mode()
@@ -155,30 +157,32 @@ def prove_kv_decode(model: Any, tokens: list[int], prompt_len: int) -> States:
                 )
             )
         )
+    dev = next(model.parameters()).device
     try:
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([tokens[:prompt_len]]), past_key_values=cache, use_cache=True)
+        prompt = torch.tensor([tokens[:prompt_len]], device=dev)
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
         for t in tokens[prompt_len:]:
-            model(input_ids=torch.tensor([[t]]), past_key_values=cache, use_cache=True)
+            model(input_ids=torch.tensor([[t]], device=dev), past_key_values=cache, use_cache=True)
     finally:
         for h in hooks:
             h.remove()
-    return torch.stack([torch.cat(c) for c in captured]).float().numpy()
+    return torch.stack([torch.cat(c) for c in captured]).float().cpu().numpy()
 
 
 def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def prove_subprocess(tokens: list[int]) -> States:
-    """Prove ``tokens`` in a fresh Python process."""
+def prove_subprocess(tokens: list[int], device: str, dtype: str) -> States:
+    """Prove ``tokens`` in a fresh Python process on ``device`` in ``dtype``."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "states.npy"
         code = (
             "import sys, json, numpy as np\n"
             "from executor.model import load_smollm2\n"
-            "from executor.backend import TorchBackend\n"
-            "b = TorchBackend(load_smollm2().model)\n"
+            "from executor.backend import DTYPES, TorchBackend\n"
+            f"b = TorchBackend(load_smollm2().model, device={device!r}, dtype=DTYPES[{dtype!r}])\n"
             f"np.save({str(out)!r}, b.prove(json.loads(sys.argv[1])))\n"
         )
         subprocess.run(
@@ -200,14 +204,23 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4, help="requests per source")
     p.add_argument("--tokens", type=int, default=24, help="generated tokens per request")
     p.add_argument("--safety", type=float, default=10.0, help="safety factor F on both sides")
+    p.add_argument("--executor-device", default="cpu", help="cpu or cuda")
+    p.add_argument("--executor-dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--verifier-device", default="cpu", help="cpu or cuda")
+    p.add_argument("--verifier-dtype", default="float32", choices=sorted(DTYPES))
     args = p.parse_args()
     start = time.time()
     loaded: LoadedModel = load_smollm2()
-    backend = TorchBackend(loaded.model)
+    edev, edt = args.executor_device, DTYPES[args.executor_dtype]
+    vdt = DTYPES[args.verifier_dtype]
+    backend = TorchBackend(loaded.model, device=args.verifier_device, dtype=vdt)
+    exe = TorchBackend(loaded.model, device=edev, dtype=edt)
     eager_model = copy.deepcopy(loaded.model)
     eager_model.set_attn_implementation("eager")
-    eager = TorchBackend(eager_model)
-    decode_model = copy.deepcopy(loaded.model)
+    eager = TorchBackend(eager_model, device=edev, dtype=edt)
+    decode_model = copy.deepcopy(exe.model)
+    pair = (exe.info.profile, backend.info.profile)
+    print(f"executor {pair[0]}  verifier {pair[1]}", flush=True)
     keys = ValidatorSet.of_keys(NETWORK, (SigningKey.generate().public_key for _ in range(4)))
     policy = AssemblerPolicy(NETWORK)
 
@@ -231,20 +244,22 @@ def main() -> None:
 
     requests = [make_request(i, PROMPTS[i % len(PROMPTS)]) for i in range(args.requests)]
     sources: dict[str, Callable[[InferenceRequest, list[int]], States]] = {
-        "fresh prefill (baseline)": lambda r, t: backend.prove(t),
-        "1 thread vs 2": lambda r, t: prove_threads_1(backend, t),
-        "inside a padded batch": lambda r, t: prove_padded_batch(backend, t),
+        "fresh prefill (baseline)": lambda r, t: exe.prove(t),
+        "1 thread vs 2": lambda r, t: prove_threads_1(exe, t),
+        "inside a padded batch": lambda r, t: prove_padded_batch(exe, t),
         "KV-cache decoding": lambda r, t: prove_kv_decode(decode_model, t, len(r.prompt_tokens)),
         "eager vs sdpa attention": lambda r, t: eager.prove(t),
-        "separate process": lambda r, t: prove_subprocess(t),
+        "separate process": lambda r, t: prove_subprocess(t, edev, args.executor_dtype),
     }
+    if exe.device.type != "cpu":
+        del sources["1 thread vs 2"]
     honest: dict[str, dict[str, dict[str, float]]] = {}
     all_honest: dict[str, list[np.ndarray]] = {c: [] for c in CHECKS}
 
     def run_source(name: str, reqs: list[InferenceRequest], prove: Callable) -> None:
         acc: dict[str, list[np.ndarray]] = {c: [] for c in CHECKS}
         for r in reqs:
-            output = backend.generate(list(r.prompt_tokens), r.sampling, r.sampling_seed())
+            output = exe.generate(list(r.prompt_tokens), r.sampling, r.sampling_seed())
             tokens = list(r.prompt_tokens) + output
             m = measure(backend, r, tokens, prove(r, tokens))
             for k, v in m.items():
@@ -268,7 +283,7 @@ def main() -> None:
 
     # -- cheats ---------------------------------------------------------------------------------
     cheats: dict[str, dict[str, float]] = {}
-    signal: dict[str, list[float]] = {c: [] for c in CHECKS}
+    signal: dict[str, dict[str, float]] = {c: {} for c in CHECKS}
     key = SigningKey.generate()
     # (mode, checks it must be caught by): its weakest signal on each such check counts, except
     # for the pairs in REPORTED_ONLY, which are measured and shown but set no threshold.
@@ -286,8 +301,12 @@ def main() -> None:
         ("smart-tamper-tokens", ("sampler",)),
         ("bad-sketch", ("sequence",)),
     ]
+    if edt != torch.float32:  # lower precision than the claim is no cheat for such a profile
+        plan = [(m, c) for m, c in plan if m not in ("bf16-compute", "fp16-compute")]
     for mode, checks in plan:
-        ex = make_byzantine_executor(mode, key, loaded.model, loaded.model_id, NETWORK, 16)
+        ex = make_byzantine_executor(
+            mode, key, loaded.model, loaded.model_id, NETWORK, 16, device=edev, dtype=edt
+        )
         values: dict[str, list[float]] = {c: [] for c in checks}
         for r in requests[: max(2, args.requests // 2)]:
             if mode == "wrong-sampler" and r.sampling.temperature == 0:
@@ -323,7 +342,7 @@ def main() -> None:
             weakest = float(np.percentile(vals, 5)) if check == "sampler" else float(min(vals))
             cheats[f"{mode} / {check}"] = {"check": check, "weakest": weakest, "n": len(vals)}
             if (mode, check) not in REPORTED_ONLY:
-                signal[check].append(weakest)
+                signal[check][mode] = weakest
             print(f"cheat   {mode:28s} {check} weakest {weakest:.2e}", flush=True)
         del ex
 
@@ -332,32 +351,37 @@ def main() -> None:
     thresholds = {}
     for check in CHECKS:
         h = float(np.concatenate(all_honest[check]).max())
-        c = min(signal[check])
         accept_max = max(f * h, floors[check])
-        reject_min = c / f
-        if not accept_max < reject_min:
-            raise SystemExit(
-                f"{check}: honest x F = {accept_max:.2e} >= cheat / F = {reject_min:.2e}"
-            )
+        # A cheat this check can catch leaves F x honest noise below its signal / F; one it
+        # cannot (possible across profiles: a float32 verifier of a bfloat16 executor) is
+        # listed as beyond this check's reach and sets no threshold.
+        caught = {m: c for m, c in signal[check].items() if c / f > accept_max}
+        if not caught:
+            raise SystemExit(f"{check}: no cheat exceeds honest x F = {accept_max:.2e} by F")
+        weakest = min(caught.values())
         thresholds[check] = {
             "accept_max": accept_max,
-            "reject_min": reject_min,
+            "reject_min": weakest / f,
             "honest_max": h,
-            "weakest_cheat": c,
+            "weakest_cheat": weakest,
+            "beyond_reach": sorted(set(signal[check]) - set(caught)),
         }
     meta = {
-        "backend": "torch-cpu",
-        "dtype": "float32",
+        "executor_profile": pair[0],
+        "verifier_profile": pair[1],
+        "executor_settings": exe.info.settings,
+        "verifier_settings": backend.info.settings,
         "safety_factor": f,
         "model": loaded.name,
         "machine": describe_machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    path = get_thresholds_path("torch-cpu-float32")
+    path = get_thresholds_path(*pair)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, **thresholds}, indent=2, sort_keys=True) + "\n")
+    default = pair == (DEFAULT_PROFILE, DEFAULT_PROFILE)
     write_results(
-        "calibration",
+        "calibration" if default else f"calibration-{pair[0]}--{pair[1]}",
         {**meta, "honest": honest, "cheats": cheats, "thresholds": thresholds, "args": vars(args)},
     )
     write_markdown(meta, honest, cheats, thresholds, args)
@@ -371,22 +395,31 @@ def _decode(leaf: bytes, c: Any) -> np.ndarray:
 
 
 def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, args: Any) -> None:
+    ep, vp = meta["executor_profile"], meta["verifier_profile"]
+    default = (ep, vp) == (DEFAULT_PROFILE, DEFAULT_PROFILE)
+    flags = "" if default else (
+        f" --executor-device {args.executor_device} --executor-dtype {args.executor_dtype}"
+        f" --verifier-device {args.verifier_device} --verifier-dtype {args.verifier_dtype}"
+    )
+    name = "calibration" if default else f"calibration-{ep}--{vp}"
     lines = [
-        "# Calibration of the verifier's checks",
+        f"# Calibration: executor {ep}, verifier {vp}",
         "",
         "Produced by `./dev python -m bench.calibrate` "
-        f"(--requests {args.requests} --tokens {args.tokens} --safety {args.safety:g}) on "
+        f"(--requests {args.requests} --tokens {args.tokens} --safety {args.safety:g}{flags}) on "
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores, torch "
-        f"{meta['machine']['torch']}, {meta['date']}; model {meta['model']}, float32, torch CPU.",
-        "Raw numbers: `bench/results/calibration.json`. Thresholds file: "
-        "`executor/thresholds/torch-cpu-float32.json` (loaded by every verifier).",
+        f"{meta['machine']['torch']}, {meta['date']}; model {meta['model']}.",
+        f"Executor settings: `{meta['executor_settings']}`; verifier settings: "
+        f"`{meta['verifier_settings']}`.",
+        f"Raw numbers: `bench/results/{name}.json`. Thresholds file: "
+        f"`executor/thresholds/{vp}/{ep}.json` (loaded by every verifier of profile {vp}).",
         "",
         "Units: *layer* is the per-position `|y' - y| / |y - x|` of a re-executed layer; "
         "*embedding* the per-position `|e' - e| / |e'|` at boundary 0; *sampler* the margin of "
         "[SAMPLE.5] in logit units; *sequence* the per-chunk fraction of the verifier's top-128 "
         "entries that do not match the sketch the executor would commit ([SKETCH.4], "
-        "dimensionless, steps of 1/128). The verifier is always torch CPU float32, 2 threads, "
-        "sdpa, fresh prefill; the executor varies.",
+        f"dimensionless, steps of 1/128). The verifier is {vp}, sdpa, fresh prefill; the "
+        f"executor ({ep}) varies by the sources below.",
         "",
         "## Honest noise (every layer, position and output token)",
         "",
@@ -425,16 +458,19 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
         "challenge, never rejects on grey alone.",
         "",
         "| check | honest max | accept_max | reject_min | weakest cheat "
-        "| margin (cheat / honest) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| margin (cheat / honest) | beyond reach (cheat / F <= honest x F) |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for check, t in thresholds.items():
         ratio = t["weakest_cheat"] / t["honest_max"] if t["honest_max"] > 0 else float("inf")
         lines.append(
             f"| {check} | {t['honest_max']:.2e} | {t['accept_max']:.2e} | "
-            f"{t['reject_min']:.2e} | {t['weakest_cheat']:.2e} | {ratio:.3g} |"
+            f"{t['reject_min']:.2e} | {t['weakest_cheat']:.2e} | {ratio:.3g} | "
+            f"{', '.join(t['beyond_reach']) or '-'} |"
         )
-    out = Path(__file__).resolve().parent.parent / "docs" / "calibration.md"
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    out = docs / "calibration.md" if default else docs / "calibration" / f"{ep}--{vp}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
 

@@ -97,7 +97,7 @@ class LayerTamper(torch.nn.Module):
             positions = kwargs["position_ids"][0].tolist()
             noise = torch.stack([self._noise(p, out.shape[-1]) for p in positions])[None]
             rms = (out - hidden_states).pow(2).mean(dim=-1, keepdim=True).sqrt()
-            out = out + PERTURB_SCALE * rms * noise.to(out.dtype)
+            out = out + PERTURB_SCALE * rms * noise.to(device=out.device, dtype=out.dtype)
         return out
 
     def _noise(self, position: int, hidden: int) -> torch.Tensor:
@@ -293,23 +293,39 @@ def make_byzantine_executor(
     network_id: str,
     chunk_size: int,
     seed: int = 0,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> ExecutorCore:
-    """Return an executor that lies as ``mode`` while claiming ``model_id``."""
-    honest = TorchBackend(model)
+    """Return an executor that lies as ``mode`` while claiming ``model_id``.
+
+    It claims the execution profile of an honest torch executor on ``device`` in ``dtype``
+    ([EXEC.5]); the cheats that compute otherwise (lower precision, other weights) still sign
+    that profile.
+    """
+    honest = TorchBackend(model, device=device, dtype=dtype)
     args = (key,)
     kw: dict[str, Any] = {"model_id": model_id, "network_id": network_id, "chunk_size": chunk_size}
     num_layers = model.config.num_hidden_layers
     rng = random.Random(seed)
+
+    def claiming(fresh: LlamaForCausalLM, compute: torch.dtype = dtype) -> TorchBackend:
+        # ``fresh`` is this executor's own copy: move it in place (wrappers keep pointing at
+        # its layers), then sign the honest profile whatever it computes in.
+        fresh.to(device=honest.device, dtype=compute)
+        backend = TorchBackend(fresh, device=device, dtype=compute)
+        backend.info = honest.info
+        return backend
+
     if mode in ("int8-weights", "int4-weights"):
         bits = 8 if mode == "int8-weights" else 4
-        return ExecutorCore(*args, backend=TorchBackend(build_quantized_model(model, bits)), **kw)
+        return ExecutorCore(*args, backend=claiming(build_quantized_model(model, bits)), **kw)
     if mode in ("bf16-compute", "fp16-compute"):
-        dtype = torch.bfloat16 if mode == "bf16-compute" else torch.float16
-        low = copy.deepcopy(model).to(dtype).eval()
-        return ExecutorCore(*args, backend=TorchBackend(low), **kw)
+        low = torch.bfloat16 if mode == "bf16-compute" else torch.float16
+        return ExecutorCore(*args, backend=claiming(copy.deepcopy(model), low), **kw)
     if mode == "other-model":
         other = build_random_model(model.config, seed=1234 + seed)
-        return ExecutorCore(*args, backend=TorchBackend(other), **kw)
+        return ExecutorCore(*args, backend=claiming(other), **kw)
     if mode in ("skip-layer", "perturb-layer", "selective"):
         tampered, wrappers = build_tampered_model(model, seed)
         fixed = rng.randrange(1, num_layers + 1)
@@ -324,7 +340,7 @@ def make_byzantine_executor(
             return [], None
 
         return LayerTamperExecutor(
-            *args, backend=TorchBackend(tampered), wrappers=wrappers, choose=choose, **kw
+            *args, backend=claiming(tampered), wrappers=wrappers, choose=choose, **kw
         )
     classes: dict[str, type[ExecutorCore]] = {
         "tamper-tokens": TamperTokensExecutor,

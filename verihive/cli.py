@@ -210,6 +210,19 @@ def infer_main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="verify every hedged result (else the first certified wins)",
     )
+    p.add_argument(
+        "--executor-backend",
+        choices=("torch", "vllm"),
+        default="torch",
+        help="honest executors' backend (vllm: a CUDA GPU with vLLM installed)",
+    )
+    p.add_argument("--executor-device", default="cpu", help="cpu or cuda (torch backend)")
+    p.add_argument(
+        "--executor-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="compute dtype of the executors; the profile must be admitted ([EXEC.5])",
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -228,6 +241,9 @@ def infer_main(argv: list[str] | None = None) -> int:
         layers_per_verifier=args.layers_per_verifier,
         positions_per_verifier=args.positions_per_verifier,
         sequence_check_ppm=round(args.sequence_check * 1e6),
+        executor_backend=args.executor_backend,
+        executor_device=args.executor_device,
+        executor_dtype=args.executor_dtype,
     )
     sampling = SamplingParams(
         temperature=args.temperature,
@@ -239,7 +255,13 @@ def infer_main(argv: list[str] | None = None) -> int:
         sampling.validate()
     except ProtocolError as exc:
         p.error(str(exc))
-    with start_local_network(loaded, config) as net:
+    from verihive.localnet import make_executor_backend
+
+    try:  # fail before starting servers: an unadmitted profile would only be refused
+        exec_backend = make_executor_backend(loaded, config)
+    except (ValueError, ImportError) as exc:
+        p.error(str(exc))
+    with start_local_network(loaded, config, exec_backend) as net:
         channel = make_channel(net.assembler_address, MAX_OPEN_MESSAGE_BYTES)
         try:
             stub = pb_grpc.AssemblerStub(channel)

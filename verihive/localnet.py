@@ -18,7 +18,7 @@ from bft.byzantine import make_byzantine_verifier
 from bft.crypto import SigningKey
 from bft.validators import make_genesis
 from bft.verifier import Thresholds, VerifierCore
-from executor.backend import TorchBackend
+from executor.backend import DTYPES, Backend, TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
@@ -52,6 +52,33 @@ class LocalNetConfig:
     lying twin server with the same key)."""
     network_id: str = DEFAULT_NETWORK_ID
     thresholds: Thresholds = field(default_factory=load_thresholds)
+    executor_backend: str = "torch"
+    """``torch`` or ``vllm`` (a CUDA GPU with vLLM, [EXEC.7])."""
+    executor_device: str = "cpu"
+    executor_dtype: str = "float32"
+    """The executors' compute dtype; their profile must be admitted by the verifiers."""
+
+
+def make_executor_backend(loaded: LoadedModel, config: LocalNetConfig) -> Backend:
+    """Return the honest executors' backend; refuse a profile the verifiers do not admit."""
+    dtype = DTYPES[config.executor_dtype]
+    backend: Backend
+    if config.executor_backend == "vllm":
+        from executor.model import get_smollm2_dir
+        from executor.vllm_backend import VllmBackend
+
+        if not loaded.name.startswith("SmolLM2"):
+            raise ValueError("the vLLM backend serves the SmolLM2 model files only")
+        backend = VllmBackend(get_smollm2_dir(), loaded.model, dtype=dtype)
+    elif config.executor_backend == "torch":
+        backend = TorchBackend(loaded.model, device=config.executor_device, dtype=dtype)
+    else:
+        raise ValueError(f"unknown executor backend {config.executor_backend!r}")
+    profile = backend.info.profile
+    if profile not in config.thresholds.profiles:
+        admitted = ", ".join(config.thresholds.profiles)
+        raise ValueError(f"executor profile {profile} is not admitted (admitted: {admitted})")
+    return backend
 
 
 @dataclass
@@ -81,11 +108,18 @@ def _serve(server: grpc.Server) -> str:
 
 
 @contextmanager
-def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator[LocalNetwork]:
-    """Start the network for ``loaded``; the byzantine executor, if any, is tried first."""
+def start_local_network(
+    loaded: LoadedModel, config: LocalNetConfig, exec_backend: Backend | None = None
+) -> Iterator[LocalNetwork]:
+    """Start the network for ``loaded``; the byzantine executor, if any, is tried first.
+
+    ``exec_backend``: the honest executors' backend if already built
+    (:func:`make_executor_backend`, which it defaults to).
+    """
     if config.num_verifiers < 3 * config.f + 1:
         raise ValueError(f"f={config.f} needs at least {3 * config.f + 1} verifiers")
-    backend = TorchBackend(loaded.model)
+    backend = TorchBackend(loaded.model)  # the verifiers': torch-cpu-float32
+    exec_backend = exec_backend or make_executor_backend(loaded, config)
     servers: list[grpc.Server] = []
     verifier_services: list[VerifierService] = []
     try:
@@ -100,10 +134,12 @@ def start_local_network(loaded: LoadedModel, config: LocalNetConfig) -> Iterator
                     loaded.model_id,
                     config.network_id,
                     config.chunk_size,
+                    device=config.executor_device,
+                    dtype=DTYPES[config.executor_dtype],
                 )
             else:
                 core = ExecutorCore(
-                    key, backend, loaded.model_id, config.network_id, config.chunk_size
+                    key, exec_backend, loaded.model_id, config.network_id, config.chunk_size
                 )
             server = make_server()
             pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core), server)

@@ -1,0 +1,151 @@
+"""The protocol's sampler on torch tensors, for backends whose logits live on a GPU. [SAMPLE.7]
+
+:func:`sample_token_torch` picks the token :func:`executor.sampler.sample_token` picks, with the
+arithmetic on the logits' device in float64: the Gumbel noise is the same NumPy Philox draw
+(computed on the CPU and copied over), the filters follow the same rules. Float64 on another
+device may round a cumulative probability differently at an exact top-p edge; the verifier's
+sampler margin (slack at the edges, [SAMPLE.5]) absorbs that.
+
+:class:`ProtocolSamplerRows` keeps the per-row state a batched engine (vLLM) needs: which row
+is which request, its prompt length and its growing output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bft.messages import SamplingParams
+from executor.sampler import compute_gumbel_noise
+
+
+def compute_allowed_torch(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Return the mask of tokens surviving top-k then top-p (``compute_allowed`` on torch)."""
+    allowed = torch.ones_like(scaled, dtype=torch.bool)
+    vocab = scaled.shape[0]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scaled, params.top_k, sorted=True).values[-1]
+        allowed &= scaled >= kth
+    if params.top_p < 1.0:
+        masked = torch.where(allowed, scaled, torch.full_like(scaled, float("-inf")))
+        order = torch.sort(-masked, stable=True).indices
+        ordered = scaled[order]
+        probs = torch.exp(ordered - ordered[0])
+        probs = torch.where(allowed[order], probs, torch.zeros_like(probs))
+        probs = probs / probs.sum()
+        keep = torch.cumsum(probs, 0) - probs < params.top_p
+        nucleus = torch.zeros_like(allowed)
+        nucleus[order[keep]] = True
+        allowed &= nucleus
+    return allowed
+
+
+def sample_token_torch(
+    logits: torch.Tensor, params: SamplingParams, seed: bytes, position: int
+) -> int:
+    """Return the token the protocol samples from the 1-d ``logits`` at ``position``."""
+    x = logits.to(torch.float64)
+    if params.temperature == 0.0:
+        return int(torch.argmax(x))  # first maximum: ties go to the lowest id, as NumPy
+    scaled = (x - x.max()) / params.temperature
+    allowed = compute_allowed_torch(scaled, params)
+    noise = torch.from_numpy(compute_gumbel_noise(seed, position, x.shape[0])).to(x.device)
+    scores = torch.where(allowed, scaled + noise, torch.full_like(scaled, float("-inf")))
+    return int(torch.argmax(scores))
+
+
+@dataclass
+class SamplerRow:
+    """One request in a batch: its sampling rule, seed, prompt length and live output list."""
+
+    params: SamplingParams
+    seed: bytes
+    prompt_len: int
+    output: list[int]
+
+    @property
+    def position(self) -> int:
+        """Return the sequence position of the token being sampled now."""
+        return self.prompt_len + len(self.output)
+
+
+class ProtocolSamplerRows:
+    """Per-row protocol sampling state of a batched engine, and the logits rewrite.
+
+    ``apply`` replaces each protocol row of a ``[B, V]`` logits batch by ``-inf`` everywhere
+    except the token the protocol samples (0 there), so that the engine's own greedy argmax
+    emits exactly that token. Rows without state (plain requests) are left alone; greedy
+    protocol rows need no rewrite (the engine's argmax is the protocol's rule).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[int, SamplerRow] = {}
+
+    def add(self, index: int, row: SamplerRow | None) -> None:
+        """Put ``row`` at batch ``index`` (``None``: a request that is not the protocol's)."""
+        if row is None:
+            self.rows.pop(index, None)
+        else:
+            self.rows[index] = row
+
+    def remove(self, index: int) -> None:
+        """Forget the request at batch ``index``."""
+        self.rows.pop(index, None)
+
+    def move(self, a: int, b: int, swap: bool) -> None:
+        """Move the request at ``a`` to ``b`` (``swap``: exchange the two)."""
+        ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+        if ra is not None:
+            self.rows[b] = ra
+        if swap and rb is not None:
+            self.rows[a] = rb
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Return ``logits`` with every sampled protocol row forced to its protocol token."""
+        for index, row in self.rows.items():
+            if row.params.temperature == 0.0 or index >= logits.shape[0]:
+                continue
+            token = sample_token_torch(logits[index], row.params, row.seed, row.position)
+            logits[index].fill_(float("-inf"))
+            logits[index, token] = 0.0
+        return logits
+
+
+def decode_protocol_args(extra: dict[str, object] | None) -> tuple[SamplingParams, bytes] | None:
+    """Return the protocol sampling rule carried in a request's ``extra_args``, if any."""
+    if not extra or "verihive" not in extra:
+        return None
+    arg = extra["verihive"]
+    if not isinstance(arg, dict):
+        raise ValueError("verihive sampling args must be a dict")
+    params = SamplingParams(
+        temperature=float(arg["temperature"]),
+        top_k=int(arg["top_k"]),
+        top_p=float(arg["top_p"]),
+        max_new_tokens=int(arg["max_new_tokens"]),
+        stop_at_eos=bool(arg["stop_at_eos"]),
+    )
+    return params, bytes.fromhex(str(arg["seed"]))
+
+
+def encode_protocol_args(params: SamplingParams, seed: bytes) -> dict[str, object]:
+    """Return the ``extra_args`` entry that :func:`decode_protocol_args` reads."""
+    return {
+        "verihive": {
+            "temperature": params.temperature,
+            "top_k": params.top_k,
+            "top_p": params.top_p,
+            "max_new_tokens": params.max_new_tokens,
+            "stop_at_eos": params.stop_at_eos,
+            "seed": seed.hex(),
+        }
+    }
+
+
+def prompt_length(prompt: Sequence[int] | None) -> int:
+    """Return the length of a prompt token list an engine reports (``None``: unknown)."""
+    if prompt is None:
+        raise ValueError("protocol sampling needs the prompt token ids")
+    return len(prompt)
