@@ -204,6 +204,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4, help="requests per source")
     p.add_argument("--tokens", type=int, default=24, help="generated tokens per request")
     p.add_argument("--safety", type=float, default=10.0, help="safety factor F on both sides")
+    p.add_argument(
+        "--executor-backend",
+        choices=("torch", "vllm"),
+        default="torch",
+        help="vllm: generation by vLLM (CUDA), proofs by torch on the same GPU [EXEC.7]",
+    )
     p.add_argument("--executor-device", default="cpu", help="cpu or cuda")
     p.add_argument("--executor-dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--verifier-device", default="cpu", help="cpu or cuda")
@@ -214,11 +220,18 @@ def main() -> None:
     edev, edt = args.executor_device, DTYPES[args.executor_dtype]
     vdt = DTYPES[args.verifier_dtype]
     backend = TorchBackend(loaded.model, device=args.verifier_device, dtype=vdt)
-    exe = TorchBackend(loaded.model, device=edev, dtype=edt)
+    prover = TorchBackend(loaded.model, device=edev, dtype=edt)
+    exe: Any = prover
+    if args.executor_backend == "vllm":
+        from executor.model import get_smollm2_dir
+        from executor.vllm_backend import VllmBackend
+
+        exe = VllmBackend(get_smollm2_dir(), loaded.model, dtype=edt)
+        prover = exe.prover
     eager_model = copy.deepcopy(loaded.model)
     eager_model.set_attn_implementation("eager")
     eager = TorchBackend(eager_model, device=edev, dtype=edt)
-    decode_model = copy.deepcopy(exe.model)
+    decode_model = copy.deepcopy(prover.model)
     pair = (exe.info.profile, backend.info.profile)
     print(f"executor {pair[0]}  verifier {pair[1]}", flush=True)
     keys = ValidatorSet.of_keys(NETWORK, (SigningKey.generate().public_key for _ in range(4)))
@@ -245,13 +258,13 @@ def main() -> None:
     requests = [make_request(i, PROMPTS[i % len(PROMPTS)]) for i in range(args.requests)]
     sources: dict[str, Callable[[InferenceRequest, list[int]], States]] = {
         "fresh prefill (baseline)": lambda r, t: exe.prove(t),
-        "1 thread vs 2": lambda r, t: prove_threads_1(exe, t),
-        "inside a padded batch": lambda r, t: prove_padded_batch(exe, t),
+        "1 thread vs 2": lambda r, t: prove_threads_1(prover, t),
+        "inside a padded batch": lambda r, t: prove_padded_batch(prover, t),
         "KV-cache decoding": lambda r, t: prove_kv_decode(decode_model, t, len(r.prompt_tokens)),
         "eager vs sdpa attention": lambda r, t: eager.prove(t),
         "separate process": lambda r, t: prove_subprocess(t, edev, args.executor_dtype),
     }
-    if exe.device.type != "cpu":
+    if prover.device.type != "cpu":
         del sources["1 thread vs 2"]
     honest: dict[str, dict[str, dict[str, float]]] = {}
     all_honest: dict[str, list[np.ndarray]] = {c: [] for c in CHECKS}
@@ -348,6 +361,7 @@ def main() -> None:
 
     f = args.safety
     floors = FLOORS
+    default = pair == (DEFAULT_PROFILE, DEFAULT_PROFILE)
     thresholds = {}
     for check in CHECKS:
         h = float(np.concatenate(all_honest[check]).max())
@@ -356,12 +370,14 @@ def main() -> None:
         # cannot (possible across profiles: a float32 verifier of a bfloat16 executor) is
         # listed as beyond this check's reach and sets no threshold.
         caught = {m: c for m, c in signal[check].items() if c / f > accept_max}
-        if not caught:
+        if not caught and default:
             raise SystemExit(f"{check}: no cheat exceeds honest x F = {accept_max:.2e} by F")
-        weakest = min(caught.values())
+        # No cheat within reach: the check cannot tell honest from cheating for this pair, so
+        # it is off (null bands: always accept) and every cheat it would catch is listed.
+        weakest = min(caught.values()) if caught else None
         thresholds[check] = {
-            "accept_max": accept_max,
-            "reject_min": weakest / f,
+            "accept_max": accept_max if caught else None,
+            "reject_min": weakest / f if weakest is not None else None,
             "honest_max": h,
             "weakest_cheat": weakest,
             "beyond_reach": sorted(set(signal[check]) - set(caught)),
@@ -379,7 +395,6 @@ def main() -> None:
     path = get_thresholds_path(*pair)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, **thresholds}, indent=2, sort_keys=True) + "\n")
-    default = pair == (DEFAULT_PROFILE, DEFAULT_PROFILE)
     write_results(
         "calibration" if default else f"calibration-{pair[0]}--{pair[1]}",
         {**meta, "honest": honest, "cheats": cheats, "thresholds": thresholds, "args": vars(args)},
@@ -398,6 +413,7 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
     ep, vp = meta["executor_profile"], meta["verifier_profile"]
     default = (ep, vp) == (DEFAULT_PROFILE, DEFAULT_PROFILE)
     flags = "" if default else (
+        f" --executor-backend {args.executor_backend}"
         f" --executor-device {args.executor_device} --executor-dtype {args.executor_dtype}"
         f" --verifier-device {args.verifier_device} --verifier-dtype {args.verifier_dtype}"
     )
@@ -462,6 +478,12 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for check, t in thresholds.items():
+        if t["weakest_cheat"] is None:
+            lines.append(
+                f"| {check} | {t['honest_max']:.2e} | off | off | - | - | "
+                f"{', '.join(t['beyond_reach'])} |"
+            )
+            continue
         ratio = t["weakest_cheat"] / t["honest_max"] if t["honest_max"] > 0 else float("inf")
         lines.append(
             f"| {check} | {t['honest_max']:.2e} | {t['accept_max']:.2e} | "

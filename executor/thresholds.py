@@ -5,12 +5,14 @@ commitments of every executor profile ``E`` it holds a calibration for:
 ``executor/thresholds/<V>/<E>.json``, written by ``bench/calibrate.py``. Each band is
 ``accept_max = F x (largest honest error)`` and ``reject_min = (weakest cheat signal) / F`` with
 the safety factor ``F`` stated in the file. The profiles found there are the executor profiles
-the verifier admits; a commitment of any other profile is refused ([EXEC.5]).
+the verifier admits; a commitment of any other profile is refused ([EXEC.5]). A check whose bands
+are ``null`` is off for that pair (no cheat within its reach, [CAL.2]): it always accepts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from bft.verifier import DEFAULT_PROFILE, Band, Thresholds
@@ -31,7 +33,7 @@ def read_thresholds(path: Path, profile: str) -> Thresholds:
     """Return the bands in the calibration file ``path`` for executor ``profile``."""
     data = json.loads(path.read_text())
     bands = {
-        name: Band(float(data[name]["accept_max"]), float(data[name]["reject_min"]))
+        name: Band(_bound(data[name]["accept_max"]), _bound(data[name]["reject_min"]))
         for name in CHECKS
     }
     for name, band in bands.items():
@@ -40,6 +42,15 @@ def read_thresholds(path: Path, profile: str) -> Thresholds:
     return Thresholds(
         bands["layer"], bands["embedding"], bands["sampler"], bands["sequence"], profile=profile
     )
+
+
+def _bound(value: object) -> float:
+    """Return a band bound; ``null`` is a check that is off for this pair (always accepts)."""
+    if value is None:
+        return math.inf
+    if not isinstance(value, int | float):
+        raise ValueError(f"band bound {value!r} is not a number")
+    return float(value)
 
 
 def load_thresholds(verifier_profile: str = DEFAULT_PROFILE) -> Thresholds:
