@@ -278,7 +278,12 @@ def get_bands(verifier_profile: str, executor_profile: str) -> tuple[Thresholds,
     An uncalibrated pair is admitted with the built-in bands so that the cost can be measured;
     its verdicts say nothing and the table marks them so.
     """
-    table = load_thresholds(verifier_profile)
+    try:
+        table = load_thresholds(verifier_profile)
+    except FileNotFoundError:
+        table = Thresholds(profile=verifier_profile)
+        if executor_profile == verifier_profile:
+            return table, False
     if executor_profile in table.profiles:
         return table, True
     extra = Thresholds(profile=executor_profile)

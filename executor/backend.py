@@ -122,17 +122,20 @@ class TorchBackend:
             dev = torch.device("cuda", torch.cuda.current_device())
         first = next(model.parameters())
         want = dtype or first.dtype
+        # [SAMPLE.6]: the head runs in float32 in every profile, with the caller's weights (taken
+        # before any narrowing). The norm is a copy in any case: generate() hooks the model's
+        # own norm to capture the boundary-L state.
+        source_norm, source_head = model.model.norm, model.lm_head
+        self._head_norm = copy.deepcopy(source_norm).to(device=dev, dtype=torch.float32)
+        if source_head.weight.device == dev and source_head.weight.dtype == torch.float32:
+            self._head = source_head
+        else:
+            self._head = copy.deepcopy(source_head).to(device=dev, dtype=torch.float32)
         if first.device != dev or first.dtype != want:
             model = copy.deepcopy(model).to(device=dev, dtype=want)
         self.model = model.eval()
         self.device = dev
         self.dtype = want
-        # [SAMPLE.6]: the head runs in float32 in every profile. The norm is a copy in any
-        # case: generate() hooks the model's own norm to capture the boundary-L state.
-        self._head_norm = copy.deepcopy(self.model.model.norm).to(torch.float32)
-        self._head = self.model.lm_head
-        if want != torch.float32:
-            self._head = copy.deepcopy(self._head).to(torch.float32)
         cfg = model.config
         self.info = BackendInfo(
             name=name or f"torch-{dev.type}",

@@ -94,10 +94,7 @@ class ExecutorCore:
         if known is not None:
             return known
         signed = self.execute_fresh(request)
-        with self._lock:
-            self._by_request[digest] = signed
-            while len(self._by_request) > MAX_REMEMBERED_REQUESTS:
-                self._by_request.popitem(last=False)
+        self.remember(digest, signed)
         return signed
 
     def check_request(self, request: InferenceRequest) -> None:
@@ -117,20 +114,40 @@ class ExecutorCore:
         return self.commit(request, output)
 
     def execute_many(self, requests: Sequence[InferenceRequest]) -> list[SignedCommitment]:
-        """Execute fresh ``requests`` with one batched generation where the backend has one.
+        """Execute ``requests`` with one batched generation where the backend has one.
 
         A GPU backend (vLLM) generates a batch far faster than one request at a time; each
-        request is then committed on its own, exactly as :meth:`execute_fresh` would.
+        request is then committed on its own, exactly as :meth:`execute_fresh` would. A request
+        already answered (or repeated within the batch) gets the commitment signed for it, as in
+        :meth:`on_execute` ([COMMIT.5]).
         """
         for request in requests:
             self.check_request(request)
-        items = [(list(r.prompt_tokens), r.sampling, r.sampling_seed()) for r in requests]
+        digests = [r.digest() for r in requests]
+        with self._lock:
+            known = {d: self._by_request[d] for d in digests if d in self._by_request}
+        fresh: dict[Digest, InferenceRequest] = {}
+        for d, r in zip(digests, requests, strict=True):
+            if d not in known:
+                fresh.setdefault(d, r)
+        todo = list(fresh.values())
+        items = [(list(r.prompt_tokens), r.sampling, r.sampling_seed()) for r in todo]
         many = getattr(self.backend, "generate_many", None)
         if many is not None:
-            outputs: list[list[int]] = many(items)
+            outputs: list[list[int]] = many(items) if items else []
         else:
             outputs = [self.backend.generate(*item) for item in items]
-        return [self.commit(r, out) for r, out in zip(requests, outputs, strict=True)]
+        for d, r, out in zip(fresh, todo, outputs, strict=True):
+            known[d] = self.commit(r, out)
+            self.remember(d, known[d])
+        return [known[d] for d in digests]
+
+    def remember(self, digest: Digest, signed: SignedCommitment) -> None:
+        """Keep the commitment signed for request ``digest`` (bounded, oldest first out)."""
+        with self._lock:
+            self._by_request[digest] = signed
+            while len(self._by_request) > MAX_REMEMBERED_REQUESTS:
+                self._by_request.popitem(last=False)
 
     def commit(self, request: InferenceRequest, output: list[int]) -> SignedCommitment:
         """Commit to ``request`` answered by ``output``: prefill, tiles, tree, sketch, sign."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bft.errors import Malformed
 from bft.messages import SamplingParams
 from executor.sampler import compute_gumbel_noise
 
@@ -120,14 +121,19 @@ def decode_protocol_args(extra: dict[str, object] | None) -> tuple[SamplingParam
     arg = extra["verihive"]
     if not isinstance(arg, dict):
         raise ValueError("verihive sampling args must be a dict")
-    params = SamplingParams(
-        temperature=float(arg["temperature"]),
-        top_k=int(arg["top_k"]),
-        top_p=float(arg["top_p"]),
-        max_new_tokens=int(arg["max_new_tokens"]),
-        stop_at_eos=bool(arg["stop_at_eos"]),
-    )
-    return params, bytes.fromhex(str(arg["seed"]))
+    try:
+        params = SamplingParams(
+            temperature=float(arg["temperature"]),
+            top_k=int(arg["top_k"]),
+            top_p=float(arg["top_p"]),
+            max_new_tokens=int(arg["max_new_tokens"]),
+            stop_at_eos=bool(arg["stop_at_eos"]),
+        )
+        params.validate()
+        seed = bytes.fromhex(str(arg["seed"]))
+    except (KeyError, TypeError, ValueError, Malformed) as exc:
+        raise ValueError(f"bad verihive sampling args: {exc}") from None
+    return params, seed
 
 
 def encode_protocol_args(params: SamplingParams, seed: bytes) -> dict[str, object]:

@@ -56,16 +56,19 @@ def _bound(value: object) -> float:
 def load_thresholds(verifier_profile: str = DEFAULT_PROFILE) -> Thresholds:
     """Return the calibration table of a verifier of ``verifier_profile``.
 
-    Its own bands are those for executors of the same profile (the built-in defaults if that
-    file is missing); every other file in the profile's folder adds an admitted profile.
+    Its own bands are those for executors of the same profile; every other file in the
+    profile's folder adds an admitted profile. Without its own file, only the reference profile
+    has bands (the built-in defaults); any other raises :class:`FileNotFoundError`: no
+    calibrated band could judge even its own kind ([EXEC.5]).
     """
     folder = THRESHOLDS_DIR / verifier_profile
     own_path = folder / f"{verifier_profile}.json"
-    own = (
-        read_thresholds(own_path, verifier_profile)
-        if own_path.exists()
-        else Thresholds(profile=verifier_profile)
-    )
+    if own_path.exists():
+        own = read_thresholds(own_path, verifier_profile)
+    elif verifier_profile == DEFAULT_PROFILE:
+        own = Thresholds(profile=verifier_profile)
+    else:
+        raise FileNotFoundError(f"no calibration for verifier profile {verifier_profile}")
     others = tuple(
         read_thresholds(path, path.stem)
         for path in sorted(folder.glob("*.json"))

@@ -58,10 +58,8 @@ class VerihiveSampler(LogitsProcessor):  # type: ignore[misc]
 
     @classmethod
     def validate_params(cls, sampling_params: VllmSamplingParams) -> None:
-        """Refuse malformed protocol args before the request enters the batch."""
-        decoded = decode_protocol_args(sampling_params.extra_args)
-        if decoded is not None:
-            decoded[0].validate()
+        """Refuse malformed protocol args (``ValueError``) before the request enters the batch."""
+        decode_protocol_args(sampling_params.extra_args)
 
     def is_argmax_invariant(self) -> bool:
         """Sampled protocol rows change the argmax (they force the protocol's token)."""
@@ -106,6 +104,8 @@ class VllmBackend:
         max_model_len: int = 4096,
         max_num_seqs: int = 256,
     ) -> None:
+        if async_scheduling:  # the processor reads live output lists: exact only when synchronous
+            raise ValueError("the protocol sampler needs async scheduling off ([EXEC.7])")
         self.prover = TorchBackend(model, BACKEND_NAME, device="cuda", dtype=dtype)
         self.llm = LLM(
             model=str(model_dir),
