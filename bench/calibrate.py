@@ -382,7 +382,16 @@ def main() -> None:
             "weakest_cheat": weakest,
             "beyond_reach": sorted(set(signal[check]) - set(caught)),
         }
+    # [EXEC.5]: a pair is admitted only if every cheat is within reach of at least one check.
+    uncovered = sorted(
+        mode
+        for mode, checks in plan
+        if all(mode in thresholds[c]["beyond_reach"] for c in checks if c in thresholds)
+        and any((mode, c) not in REPORTED_ONLY for c in checks)
+    )
     meta = {
+        "admitted": not uncovered,
+        "uncovered": uncovered,
         "executor_profile": pair[0],
         "verifier_profile": pair[1],
         "executor_settings": exe.info.settings,
@@ -465,7 +474,19 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
         note = " (reported only)" if tuple(mode.split(" / ")) in REPORTED_ONLY else ""
         lines.append(f"| {mode}{note} | {c['check']} | {c['weakest']:.2e} | {c['n']} |")
     f = meta["safety_factor"]
+    verdict = (
+        f"**Admitted**: every cheat is within reach of at least one check, so verifiers of "
+        f"profile {vp} accept commitments of profile {ep} with these bands."
+        if meta["admitted"]
+        else f"**Not admitted**: no check reaches {', '.join(meta['uncovered'])}; verifiers of "
+        f"profile {vp} refuse commitments of profile {ep} ([EXEC.5]). The bands are recorded "
+        "for reference only."
+    )
     lines += [
+        "",
+        "## Admission",
+        "",
+        verdict,
         "",
         f"## Thresholds (safety factor F = {f:g} on both sides)",
         "",

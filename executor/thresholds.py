@@ -44,6 +44,15 @@ def read_thresholds(path: Path, profile: str) -> Thresholds:
     )
 
 
+def is_admitted(path: Path) -> bool:
+    """Return whether the calibration at ``path`` admits its executor profile. [EXEC.5]
+
+    Calibration marks a pair not admitted when some cheat is beyond the reach of every check
+    (``"admitted": false``); such a file documents what the verifier cannot check.
+    """
+    return json.loads(path.read_text()).get("admitted", True) is not False
+
+
 def _bound(value: object) -> float:
     """Return a band bound; ``null`` is a check that is off for this pair (always accepts)."""
     if value is None:
@@ -72,7 +81,7 @@ def load_thresholds(verifier_profile: str = DEFAULT_PROFILE) -> Thresholds:
     others = tuple(
         read_thresholds(path, path.stem)
         for path in sorted(folder.glob("*.json"))
-        if path.stem != verifier_profile
+        if path.stem != verifier_profile and is_admitted(path)
     )
     return Thresholds(
         own.layer, own.embedding, own.sampler, own.sequence, profile=own.profile, others=others

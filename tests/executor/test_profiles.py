@@ -477,11 +477,28 @@ def test_verifier_applies_the_bands_of_the_commitments_profile(
 def test_calibrated_bf16_bands_accept_an_honest_bf16_executor(
     net, bf16_executor, bf16_request, bf16_signed
 ):
+    # [CAL.2]: the pair's bands accept honest bfloat16 work; [EXEC.5]: the pair is not admitted
+    # (cheats escape every check across that precision gap), so the shipped table refuses it.
     path = get_thresholds_path(BF16, FP32)
     if not path.exists():
         pytest.skip(f"no calibration {path} yet")
-    table = load_thresholds(FP32)
-    assert BF16 in table.profiles
+    data = json.loads(path.read_text())
+    assert data["admitted"] is False and data["uncovered"]
+    shipped = load_thresholds(FP32)
+    assert BF16 not in shipped.profiles
+    shipped_verifier = verifier_with(net, "shipped", shipped)
+    refused = verify(shipped_verifier, bf16_executor, bf16_request, bf16_signed)
+    assert refused.vote.verdict is Verdict.REJECT
+    assert "not admitted" in refused.vote.reason
+    own = load_thresholds(FP32)
+    table = Thresholds(
+        own.layer,
+        own.embedding,
+        own.sampler,
+        own.sequence,
+        profile=own.profile,
+        others=(*own.others, read_thresholds(path, BF16)),
+    )
     v = verify(verifier_with(net, "calibrated", table), bf16_executor, bf16_request, bf16_signed)
     assert v.vote.verdict is Verdict.ACCEPT, v.vote.reason
 
@@ -620,4 +637,5 @@ def test_every_shipped_calibration_file_is_valid_and_filed_by_profile():
             assert path.parent.name == data["verifier_profile"], path
         t = read_thresholds(path, path.stem)
         assert t.profile == path.stem
-        assert path.stem in load_thresholds(path.parent.name).profiles
+        admitted = path.stem in load_thresholds(path.parent.name).profiles
+        assert admitted is (data.get("admitted", True) is not False), path
