@@ -173,6 +173,7 @@ def plain_vllm_worker(spec: dict[str, Any]) -> dict[str, Any]:
         generation_config="vllm",
         gpu_memory_utilization=spec["gpu_memory_utilization"],
         max_model_len=4096,
+        hf_overrides={"architectures": ["LlamaForCausalLM"]},
         **kwargs,
     )
     times: dict[str, list[float]] = {}

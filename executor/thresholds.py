@@ -73,6 +73,10 @@ def load_thresholds(verifier_profile: str = DEFAULT_PROFILE) -> Thresholds:
     folder = THRESHOLDS_DIR / verifier_profile
     own_path = folder / f"{verifier_profile}.json"
     if own_path.exists():
+        if not is_admitted(own_path):
+            raise FileNotFoundError(
+                f"calibration does not admit profile {verifier_profile} for its own verifiers"
+            )
         own = read_thresholds(own_path, verifier_profile)
     elif verifier_profile == DEFAULT_PROFILE:
         own = Thresholds(profile=verifier_profile)

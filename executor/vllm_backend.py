@@ -26,6 +26,9 @@ import torch
 from transformers import LlamaForCausalLM
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the sampler state is in-process
+# vLLM's sampler would import FlashInfer at engine start; the protocol's token is forced by the
+# logits processor and vLLM only takes an argmax, so FlashInfer is neither needed nor shipped.
+os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 import vllm
 from vllm import LLM
@@ -119,6 +122,9 @@ class VllmBackend:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             logits_processors=[VerihiveSampler],
+            # The safetensors cache's config.json names no architecture (converted from GGUF);
+            # without this vLLM would build the headless LlamaModel.
+            hf_overrides={"architectures": [type(model).__name__]},
         )
         self.batch_invariant = os.environ.get("VLLM_BATCH_INVARIANT", "0") == "1"
         settings = ";".join(

@@ -340,7 +340,11 @@ def _audit(path: Path, model: str) -> int:
         if auditor is None:
             print("cannot audit: this evidence needs a model this machine does not hold")
             return 3
-    result = audit_evidence(evidence, auditor, load_thresholds())
+    try:
+        result = audit_evidence(evidence, auditor, load_thresholds())
+    except ValueError as exc:  # e.g. no calibrated bands for the accused's profile [EXEC.5]
+        print(f"cannot audit: {exc}")
+        return 3
     verdict = "proven" if result.proven else "not proven"
     print(f"{verdict}: {result.check.value}: {result.detail}")
     return 0 if result.proven else 1
@@ -396,7 +400,11 @@ def _check_slash_file(path: Path, model: str) -> int:
     if auditor is None:
         print("cannot audit: this evidence needs a model this machine does not hold")
         return 3
-    result = audit_evidence(acc.evidence, auditor, load_thresholds())
+    try:
+        result = audit_evidence(acc.evidence, auditor, load_thresholds())
+    except ValueError as exc:  # e.g. no calibrated bands for the accused's profile [EXEC.5]
+        print(f"cannot audit: {exc}")
+        return 3
     if not result.proven:
         print(f"not proven: {result.check.value}: {result.detail}")
         return 1

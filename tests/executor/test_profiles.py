@@ -27,6 +27,7 @@ from executor.model import LoadedModel, compute_model_id
 from executor.sampler import compute_sampler_margin, sample_token
 from executor.thresholds import (
     get_thresholds_path,
+    is_admitted,
     load_thresholds,
     read_thresholds,
 )
@@ -637,5 +638,27 @@ def test_every_shipped_calibration_file_is_valid_and_filed_by_profile():
             assert path.parent.name == data["verifier_profile"], path
         t = read_thresholds(path, path.stem)
         assert t.profile == path.stem
-        admitted = path.stem in load_thresholds(path.parent.name).profiles
-        assert admitted is (data.get("admitted", True) is not False), path
+        marked = data.get("admitted", True) is not False
+        try:
+            admitted = path.stem in load_thresholds(path.parent.name).profiles
+        except FileNotFoundError:  # the verifier profile does not admit its own kind
+            own = path.parent / f"{path.parent.name}.json"
+            assert own.exists() and not is_admitted(own), path
+            continue
+        assert admitted is marked, path
+
+
+def test_a_pair_not_admitted_is_left_out_of_the_table(tmp_path, monkeypatch):
+    # [EXEC.5]: calibration marks a pair not admitted when a cheat escapes every check; its file
+    # documents the pair but admits nothing, for another profile or the verifier's own.
+    monkeypatch.setattr(thresholds_module, "THRESHOLDS_DIR", tmp_path)
+    folder = tmp_path / "v-float32"
+    folder.mkdir()
+    (folder / "v-float32.json").write_text(band_file(1e-6))
+    refused = json.loads(band_file(1e-4))
+    (folder / "e-bfloat16.json").write_text(json.dumps({**refused, "admitted": False}))
+    (folder / "f-float16.json").write_text(json.dumps({**refused, "admitted": True}))
+    assert load_thresholds("v-float32").profiles == ("v-float32", "f-float16")
+    (folder / "v-float32.json").write_text(json.dumps({**refused, "admitted": False}))
+    with pytest.raises(FileNotFoundError, match="own verifiers"):
+        load_thresholds("v-float32")

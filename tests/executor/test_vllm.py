@@ -79,6 +79,7 @@ try:
         generation_config="vllm", gpu_memory_utilization=0.25, enforce_eager=True,
         max_model_len=1024, logprobs_mode="raw_logits", max_logprobs=-1,
         logits_processors=[VerihiveSampler],
+        hf_overrides={"architectures": ["LlamaForCausalLM"]},
     )
 except (TypeError, ValueError) as exc:  # engine arguments of another vLLM release
     print(json.dumps({"skip": f"vLLM refuses raw-logit logprobs of the whole vocabulary: {exc}"}))
