@@ -44,7 +44,7 @@ from bft.verifier import Session, Thresholds, VerifierCore
 from executor.backend import DTYPES, Backend, TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, get_smollm2_dir, load_smollm2, load_tiny
-from executor.thresholds import load_thresholds
+from executor.thresholds import get_thresholds_path, load_thresholds, read_thresholds
 
 NETWORK = "bench-gpu"
 PROMPTS = [
@@ -273,21 +273,27 @@ def make_verifiers(
     ]
 
 
-def get_bands(verifier_profile: str, executor_profile: str) -> tuple[Thresholds, bool]:
-    """Return the verifier's table with ``executor_profile`` admitted, and whether calibrated.
+def get_bands(verifier_profile: str, executor_profile: str) -> tuple[Thresholds, str]:
+    """Return a verifier table that admits ``executor_profile``, and where its bands come from.
 
-    An uncalibrated pair is admitted with the built-in bands so that the cost can be measured;
-    its verdicts say nothing and the table marks them so.
+    ``"admitted"``: the shipped table admits the pair; ``"calibrated, not admitted"``: the pair's
+    calibration file exists but marks it not admitted, and its bands are used so the cost and
+    the verdicts can still be measured; ``"uncalibrated"``: the built-in bands, verdicts
+    meaningless.
     """
     try:
         table = load_thresholds(verifier_profile)
     except FileNotFoundError:
         table = Thresholds(profile=verifier_profile)
-        if executor_profile == verifier_profile:
-            return table, False
     if executor_profile in table.profiles:
-        return table, True
-    extra = Thresholds(profile=executor_profile)
+        return table, "admitted"
+    path = get_thresholds_path(executor_profile, verifier_profile)
+    if path.exists():
+        extra, source = read_thresholds(path, executor_profile), "calibrated, not admitted"
+    else:
+        extra, source = Thresholds(profile=executor_profile), "uncalibrated"
+    if executor_profile == verifier_profile:
+        return extra, source
     return Thresholds(
         table.layer,
         table.embedding,
@@ -295,7 +301,7 @@ def get_bands(verifier_profile: str, executor_profile: str) -> tuple[Thresholds,
         table.sequence,
         profile=table.profile,
         others=(*table.others, extra),
-    ), False
+    ), source
 
 
 def build_backend(name: str, loaded: LoadedModel, args: argparse.Namespace) -> Backend:
@@ -339,11 +345,11 @@ def run_backend(name: str, loaded: LoadedModel, args: argparse.Namespace) -> lis
     keys = [SigningKey.generate() for _ in range(4)]
     validators = ValidatorSet.of_keys(NETWORK, (k.public_key for k in keys))
     executor = ExecutorCore(SigningKey.generate(), backend, loaded.model_id, NETWORK)
-    same, same_calibrated = get_bands(profile.replace("vllm-", "torch-"), profile)
+    same, same_bands = get_bands(profile.replace("vllm-", "torch-"), profile)
     gpu_verifiers = make_verifiers(loaded, TorchBackend(
         loaded.model, device=args.device, dtype=DTYPES[args.dtype]
     ), same, 4)
-    cpu_table, cpu_calibrated = get_bands("torch-cpu-float32", profile)
+    cpu_table, cpu_bands = get_bands("torch-cpu-float32", profile)
     cpu_verifier = make_verifiers(loaded, TorchBackend(loaded.model), cpu_table, 1)[0]
     rows = []
     for b, t in cases:
@@ -398,13 +404,13 @@ def run_backend(name: str, loaded: LoadedModel, args: argparse.Namespace) -> lis
             "verify_gpu_fraction": statistics.mean(g_times) / gen_one,
             "verify_gpu_fraction_amortised": statistics.mean(g_times) * b / gen_one,
             "verify_gpu_votes": g_votes,
-            "verify_gpu_calibrated": same_calibrated,
+            "verify_gpu_bands": same_bands,
             "verify_cpu_s": c_spent,
             "verify_cpu_fraction": c_spent / gen_one,
             "verify_cpu_fraction_amortised": c_spent * b / gen_one,
             "verify_cpu_vote": c_vote.verdict.name,
             "verify_cpu_reason": c_vote.reason,
-            "verify_cpu_calibrated": cpu_calibrated,
+            "verify_cpu_bands": cpu_bands,
         }
         rows.append(row)
         print_row(row, flush=True)
