@@ -199,6 +199,52 @@ def summarize(values: np.ndarray) -> dict[str, float]:
     return {"max": float(v.max()), "p99.9": float(np.percentile(v, 99.9)), "n": int(v.size)}
 
 
+PRESCRIBED_SOURCES = ("fresh prefill", "1 thread", "separate process", "long prompt")
+"""Honest sources that follow the prescribed path of [EXEC.2] (one unpadded proving prefill
+with the profile's attention); the others (padded batch, KV-cache states, eager attention) are
+other kernel paths."""
+
+
+def is_prescribed(source: str) -> bool:
+    """Return whether honest ``source`` follows the prescribed path."""
+    return source.startswith(PRESCRIBED_SOURCES)
+
+
+def compute_reach(
+    honest_max: dict[str, float],
+    signal: dict[str, dict[str, float]],
+    plan: list[tuple[str, tuple[str, ...]]],
+    f: float,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Return the bands per check and the cheats no check reaches. [CAL.2], [EXEC.5]
+
+    ``accept_max = max(F x honest max, floor)``; a cheat whose weakest signal / F does not
+    exceed it is beyond the check's reach; the weakest of the others sets ``reject_min``. A
+    check with no cheat in reach is off (null bands). A cheat is uncovered when every check it
+    could be caught by leaves it beyond reach.
+    """
+    thresholds: dict[str, dict[str, Any]] = {}
+    for check in CHECKS:
+        h = honest_max[check]
+        accept_max = max(f * h, FLOORS[check])
+        caught = {m: c for m, c in signal[check].items() if c / f > accept_max}
+        weakest = min(caught.values()) if caught else None
+        thresholds[check] = {
+            "accept_max": accept_max if caught else None,
+            "reject_min": weakest / f if weakest is not None else None,
+            "honest_max": h,
+            "weakest_cheat": weakest,
+            "beyond_reach": sorted(set(signal[check]) - set(caught)),
+        }
+    uncovered = sorted(
+        mode
+        for mode, checks in plan
+        if all(mode in thresholds[c]["beyond_reach"] for c in checks)
+        and any((mode, c) not in REPORTED_ONLY for c in checks)
+    )
+    return thresholds, uncovered
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=4, help="requests per source")
@@ -360,35 +406,18 @@ def main() -> None:
         del ex
 
     f = args.safety
-    floors = FLOORS
     default = pair == (DEFAULT_PROFILE, DEFAULT_PROFILE)
-    thresholds = {}
-    for check in CHECKS:
-        h = float(np.concatenate(all_honest[check]).max())
-        accept_max = max(f * h, floors[check])
-        # A cheat this check can catch leaves F x honest noise below its signal / F; one it
-        # cannot (possible across profiles: a float32 verifier of a bfloat16 executor) is
-        # listed as beyond this check's reach and sets no threshold.
-        caught = {m: c for m, c in signal[check].items() if c / f > accept_max}
-        if not caught and default:
-            raise SystemExit(f"{check}: no cheat exceeds honest x F = {accept_max:.2e} by F")
-        # No cheat within reach: the check cannot tell honest from cheating for this pair, so
-        # it is off (null bands: always accept) and every cheat it would catch is listed.
-        weakest = min(caught.values()) if caught else None
-        thresholds[check] = {
-            "accept_max": accept_max if caught else None,
-            "reject_min": weakest / f if weakest is not None else None,
-            "honest_max": h,
-            "weakest_cheat": weakest,
-            "beyond_reach": sorted(set(signal[check]) - set(caught)),
-        }
-    # [EXEC.5]: a pair is admitted only if every cheat is within reach of at least one check.
-    uncovered = sorted(
-        mode
-        for mode, checks in plan
-        if all(mode in thresholds[c]["beyond_reach"] for c in checks if c in thresholds)
-        and any((mode, c) not in REPORTED_ONLY for c in checks)
-    )
+    honest_max = {c: float(np.concatenate(all_honest[c]).max()) for c in CHECKS}
+    thresholds, uncovered = compute_reach(honest_max, signal, plan, f)
+    for check, t in thresholds.items():
+        if default and t["weakest_cheat"] is None:
+            raise SystemExit(f"{check}: no cheat exceeds honest x F = {t['honest_max'] * f:.2e}")
+    # The alternative policy of docs/gpu.md: only the deviations an executor following the
+    # prescribed path can have (threads, process, prompt length) count as honest noise.
+    prescribed = {
+        c: max(s[c]["max"] for name, s in honest.items() if is_prescribed(name)) for c in CHECKS
+    }
+    alt_thresholds, alt_uncovered = compute_reach(prescribed, signal, plan, f)
     meta = {
         "admitted": not uncovered,
         "uncovered": uncovered,
@@ -404,11 +433,19 @@ def main() -> None:
     path = get_thresholds_path(*pair)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, **thresholds}, indent=2, sort_keys=True) + "\n")
+    alt = {"thresholds": alt_thresholds, "uncovered": alt_uncovered}
     write_results(
         "calibration" if default else f"calibration-{pair[0]}--{pair[1]}",
-        {**meta, "honest": honest, "cheats": cheats, "thresholds": thresholds, "args": vars(args)},
+        {
+            **meta,
+            "honest": honest,
+            "cheats": cheats,
+            "thresholds": thresholds,
+            "prescribed_path_only": alt,
+            "args": vars(args),
+        },
     )
-    write_markdown(meta, honest, cheats, thresholds, args)
+    write_markdown(meta, honest, cheats, thresholds, alt, args)
     print(f"wrote {path} in {time.time() - start:.0f}s")
 
 
@@ -418,7 +455,38 @@ def _decode(leaf: bytes, c: Any) -> np.ndarray:
     return np.frombuffer(leaf[HEADER_SIZE:], dtype="<f4").reshape(-1, c.hidden_size)
 
 
-def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, args: Any) -> None:
+def threshold_rows(thresholds: dict[str, dict[str, Any]]) -> list[str]:
+    """Return the markdown table of ``thresholds`` (one row per check)."""
+    lines = [
+        "| check | honest max | accept_max | reject_min | weakest cheat "
+        "| margin (cheat / honest) | beyond reach (cheat / F <= honest x F) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for check, t in thresholds.items():
+        if t["weakest_cheat"] is None:
+            lines.append(
+                f"| {check} | {t['honest_max']:.2e} | off | off | - | - | "
+                f"{', '.join(t['beyond_reach'])} |"
+            )
+            continue
+        ratio = t["weakest_cheat"] / t["honest_max"] if t["honest_max"] > 0 else float("inf")
+        lines.append(
+            f"| {check} | {t['honest_max']:.2e} | {t['accept_max']:.2e} | "
+            f"{t['reject_min']:.2e} | {t['weakest_cheat']:.2e} | {ratio:.3g} | "
+            f"{', '.join(t['beyond_reach']) or '-'} |"
+        )
+    return lines
+
+
+def write_markdown(
+    meta: dict[str, Any],
+    honest: dict[str, Any],
+    cheats: dict[str, Any],
+    thresholds: dict[str, dict[str, Any]],
+    alt: dict[str, Any],
+    args: Any,
+) -> None:
+    """Write the calibration's markdown page."""
     ep, vp = meta["executor_profile"], meta["verifier_profile"]
     default = (ep, vp) == (DEFAULT_PROFILE, DEFAULT_PROFILE)
     flags = "" if default else (
@@ -494,23 +562,24 @@ def write_markdown(meta: dict, honest: dict, cheats: dict, thresholds: dict, arg
         "Between them lies the grey band: the verifier escalates to the doubled "
         "challenge, never rejects on grey alone.",
         "",
-        "| check | honest max | accept_max | reject_min | weakest cheat "
-        "| margin (cheat / honest) | beyond reach (cheat / F <= honest x F) |",
-        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for check, t in thresholds.items():
-        if t["weakest_cheat"] is None:
-            lines.append(
-                f"| {check} | {t['honest_max']:.2e} | off | off | - | - | "
-                f"{', '.join(t['beyond_reach'])} |"
-            )
-            continue
-        ratio = t["weakest_cheat"] / t["honest_max"] if t["honest_max"] > 0 else float("inf")
-        lines.append(
-            f"| {check} | {t['honest_max']:.2e} | {t['accept_max']:.2e} | "
-            f"{t['reject_min']:.2e} | {t['weakest_cheat']:.2e} | {ratio:.3g} | "
-            f"{', '.join(t['beyond_reach']) or '-'} |"
-        )
+    lines += threshold_rows(thresholds)
+    alt_verdict = (
+        "every cheat would be within reach"
+        if not alt["uncovered"]
+        else f"still beyond every check: {', '.join(alt['uncovered'])}"
+    )
+    lines += [
+        "",
+        "## Reach if only the prescribed path counted as honest",
+        "",
+        "The alternative policy of docs/gpu.md: the kernel path is part of the profile, so only "
+        "the deviations an executor following [EXEC.2] can have count as honest noise (sources "
+        f"starting with: {', '.join(PRESCRIBED_SOURCES)}). Not used by verifiers; "
+        f"{alt_verdict}.",
+        "",
+    ]
+    lines += threshold_rows(alt["thresholds"])
     docs = Path(__file__).resolve().parent.parent / "docs"
     out = docs / "calibration.md" if default else docs / "calibration" / f"{ep}--{vp}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
