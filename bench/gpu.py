@@ -15,7 +15,7 @@ batch size and temperature, on the same model, GPU, dtype, prompts and output le
 
 Run on the GPU machine: ``python3 -m bench.gpu [--backends torch vllm] [--batches 1 8 32]``.
 It also runs on a CPU (``--device cpu --model tiny --backends torch``) as a smoke test.
-Prints a table and writes ``bench/results/gpu-<device name>.json``.
+Prints a table and writes ``bench/results/gpu-<device name>-<backends>.json``.
 """
 
 from __future__ import annotations
@@ -461,7 +461,7 @@ def main() -> None:
     gpu = describe_gpu()
     device_name = re.sub(r"[^A-Za-z0-9]+", "-", gpu.get("gpu", "cpu")).strip("-").lower()
     path = write_results(
-        f"gpu-{device_name}",
+        f"gpu-{device_name}-{'-'.join(args.backends)}",
         {
             "machine": describe_machine() | gpu,
             "model": loaded.name,

@@ -6,7 +6,8 @@
 #   bash tools/device/gpu-run.sh tests       # the gpu-marked tests (test_cuda, test_vllm)
 #   bash tools/device/gpu-run.sh calibrate   # torch-cuda-bfloat16 by GPU and by CPU verifiers
 #   bash tools/device/gpu-run.sh vllm-cal    # vllm-cuda-bfloat16 by GPU and by CPU verifiers
-#   bash tools/device/gpu-run.sh bench       # bench/gpu.py: verified vs plain, torch and vLLM
+#   bash tools/device/gpu-run.sh bench-torch # bench/gpu.py: verified vs plain, torch on CUDA
+#   bash tools/device/gpu-run.sh bench-vllm  # bench/gpu.py: verified vs plain vLLM, batch 1/8/32
 #
 # Every stage appends its log to $OUT/<stage>.log and leaves $OUT/results.tgz with what it wrote
 # (thresholds, bench/results, docs/calibration); fetch it before the next call empties $OUT.
@@ -35,7 +36,7 @@ case "$stage" in
         run $py -c "from executor.model import load_smollm2; m = load_smollm2(); print(m.name, m.model_id.hex()[:16])"
         ;;
     tests)
-        run $py -m pytest -q -m gpu -p no:cacheprovider tests/executor/test_cuda.py tests/executor/test_vllm.py -x -ra
+        run $py -m pytest -q -m gpu -p no:cacheprovider tests/executor/test_cuda.py tests/executor/test_vllm.py -ra
         ;;
     calibrate)
         for v in "cuda bfloat16" "cpu float32"; do
@@ -51,8 +52,11 @@ case "$stage" in
                 --executor-dtype bfloat16 --verifier-device "$1" --verifier-dtype "$2"
         done
         ;;
-    bench)
-        run $py -m bench.gpu --backends torch vllm --batches 1 8 32 --tokens 64 --repeats 3
+    bench-torch)
+        run $py -m bench.gpu --backends torch --tokens 64 --repeats 3
+        ;;
+    bench-vllm)
+        run $py -m bench.gpu --backends vllm --batches 1 8 32 --tokens 64 --repeats 3
         ;;
     *)
         echo "unknown stage $stage" >&2
