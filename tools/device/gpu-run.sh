@@ -3,9 +3,10 @@
 # Runs THERE, after tools/device/unpack.py has installed the pieces (docs/gpu-setup.md):
 #
 #   bash tools/device/gpu-run.sh check       # versions, CUDA, imports (seconds)
-#   bash tools/device/gpu-run.sh tests       # the gpu-marked tests (test_cuda, test_vllm)
 #   bash tools/device/gpu-run.sh calibrate   # torch-cuda-bfloat16 by GPU and by CPU verifiers
 #   bash tools/device/gpu-run.sh vllm-cal    # vllm-cuda-bfloat16 by GPU and by CPU verifiers
+#   bash tools/device/gpu-run.sh tests       # the gpu-marked tests (after calibration: some
+#                                            # judge with the calibrated bands, else skip)
 #   bash tools/device/gpu-run.sh bench-torch # bench/gpu.py: verified vs plain, torch on CUDA
 #   bash tools/device/gpu-run.sh bench-vllm  # bench/gpu.py: verified vs plain vLLM, batch 1/8/32
 #
