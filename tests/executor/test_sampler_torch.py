@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bft.messages import SamplingParams
-from executor.sampler import sample_token
+from executor.sampler import compute_gumbel_noise, sample_token
 from executor.sampler_torch import (
+    GumbelPrefetch,
     ProtocolSamplerRows,
     SamplerRow,
     compute_allowed_torch,
@@ -325,3 +326,55 @@ def test_protocol_args_with_a_bad_seed_or_missing_field_raise():
     missing = {k: v for k, v in arg.items() if k != "top_p"}
     with pytest.raises((KeyError, ValueError)):
         decode_protocol_args({"verihive": missing})
+
+
+# --- [SAMPLE.7] noise computed ahead, on worker threads
+
+
+def test_prefetched_noise_is_the_protocol_noise():
+    pre = GumbelPrefetch(workers=2)
+    try:
+        for position in (0, 7, 1000):
+            pre.request(b"\x05" * 32, position, 1000)
+        for position in (1000, 0, 7, 8):  # 8 was never asked for: computed on demand
+            got = pre.get(b"\x05" * 32, position, 1000)
+            assert np.array_equal(got, compute_gumbel_noise(b"\x05" * 32, position, 1000))
+    finally:
+        pre.close()
+
+
+def test_prefetch_keeps_a_bounded_number_of_pending_rows():
+    pre = GumbelPrefetch(workers=1, keep=3)
+    try:
+        for position in range(10):
+            pre.request(b"\x01" * 32, position, 50)
+        assert len(pre._futures) == 3
+        want = compute_gumbel_noise(b"\x01" * 32, 2, 50)
+        assert np.array_equal(pre.get(b"\x01" * 32, 2, 50), want)
+    finally:
+        pre.close()
+
+
+def test_apply_asks_for_each_sampled_rows_next_position():
+    rows = ProtocolSamplerRows(GumbelPrefetch(workers=2))
+    params = SamplingParams(temperature=0.7, top_p=0.9)
+    output: list[int] = []
+    rows.add(0, SamplerRow(params, b"\x02" * 32, 5, output))
+    rows.add(1, SamplerRow(SamplingParams(), b"\x03" * 32, 5, []))  # greedy: no noise at all
+    logits = torch.randn(2, 300, generator=torch.Generator().manual_seed(1))
+    original = logits.clone()
+    rows.apply(logits)
+    assert list(rows.prefetch._futures) == [(b"\x02" * 32, 6, 300)]
+    token = int(torch.argmax(logits[0]))
+    assert token == sample_token(original[0].numpy(), params, b"\x02" * 32, 5)
+    output.append(token)
+    logits = original.clone()
+    rows.apply(logits)  # uses the prefetched noise of position 6
+    want = sample_token(original[0].numpy(), params, b"\x02" * 32, 6)
+    assert int(torch.argmax(logits[0])) == want
+    rows.prefetch.close()
+
+
+def test_noise_of_the_wrong_length_is_refused():
+    with pytest.raises(ValueError, match="noise of shape"):
+        sample_token_torch(torch.zeros(10), SamplingParams(temperature=1.0), b"", 0, np.zeros(9))
