@@ -72,6 +72,52 @@ def sample_token_torch(
     return int(torch.argmax(scores))
 
 
+def sample_tokens_torch(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    noise: npt.NDArray[np.float64],
+) -> list[int]:
+    """Return the protocol's tokens for the rows of ``logits`` ``[R, V]``, all sampled at once.
+
+    Row ``r`` has sampling parameters ``params[r]`` (temperature > 0) and Gumbel draws
+    ``noise[r]`` (``[R, V]``, [SAMPLE.2]). The same rule as :func:`sample_token_torch`, row by
+    row, as one sequence of batched tensor operations: on a GPU a batch of rows costs about one
+    row's kernel launches.
+    """
+    rows, vocab = logits.shape
+    if len(params) != rows or noise.shape != (rows, vocab):
+        raise ValueError(f"{len(params)} params and noise {noise.shape} for logits {rows}x{vocab}")
+    if any(p.temperature == 0.0 for p in params):
+        raise ValueError("greedy rows take the argmax; they have no noise")
+    dev = logits.device
+    x = logits.to(torch.float64)
+    temps = torch.tensor([p.temperature for p in params], dtype=torch.float64, device=dev)
+    scaled = (x - x.max(dim=1, keepdim=True).values) / temps[:, None]
+    allowed = torch.ones_like(scaled, dtype=torch.bool)
+    ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    if any(ks):
+        top = torch.topk(scaled, max(ks), dim=1, sorted=True).values
+        idx = torch.tensor([max(k, 1) - 1 for k in ks], device=dev)
+        kth = top.gather(1, idx[:, None])
+        has_k = torch.tensor([k > 0 for k in ks], device=dev)[:, None]
+        allowed &= ~has_k | (scaled >= kth)
+    top_ps = [p.top_p for p in params]
+    if any(tp < 1.0 for tp in top_ps):
+        masked = torch.where(allowed, scaled, torch.full_like(scaled, float("-inf")))
+        order = torch.sort(-masked, dim=1, stable=True).indices
+        ordered = scaled.gather(1, order)
+        probs = torch.exp(ordered - ordered[:, :1])
+        probs = torch.where(allowed.gather(1, order), probs, torch.zeros_like(probs))
+        probs = probs / probs.sum(dim=1, keepdim=True)
+        tp = torch.tensor(top_ps, dtype=torch.float64, device=dev)[:, None]
+        keep = torch.cumsum(probs, dim=1) - probs < tp
+        nucleus = torch.zeros_like(allowed).scatter(1, order, keep)
+        allowed &= (tp >= 1.0) | nucleus
+    gumbel = torch.from_numpy(noise).to(dev)
+    scores = torch.where(allowed, scaled + gumbel, torch.full_like(scaled, float("-inf")))
+    return [int(t) for t in torch.argmax(scores, dim=1).tolist()]
+
+
 class GumbelPrefetch:
     """Computes the Gumbel noise of (seed, position) on worker threads, ahead of need.
 
@@ -163,14 +209,23 @@ class ProtocolSamplerRows:
             for index, row in self.rows.items()
             if row.params.temperature != 0.0 and index < logits.shape[0]
         ]
-        for _, row in sampled:  # all rows' noise in parallel, if not prefetched already
-            self.prefetch.request(row.seed, row.position, vocab)
-        for index, row in sampled:
-            position = row.position
-            noise = self.prefetch.get(row.seed, position, vocab)
-            token = sample_token_torch(logits[index], row.params, row.seed, position, noise)
-            logits[index].fill_(float("-inf"))
-            logits[index, token] = 0.0
+        if not sampled:
+            return logits
+        positions = [row.position for _, row in sampled]
+        for (_, row), position in zip(sampled, positions, strict=True):  # all rows in parallel
+            self.prefetch.request(row.seed, position, vocab)
+        noise = np.stack(
+            [
+                self.prefetch.get(row.seed, position, vocab)
+                for (_, row), position in zip(sampled, positions, strict=True)
+            ]
+        )
+        index = torch.tensor([i for i, _ in sampled], device=logits.device)
+        tokens = sample_tokens_torch(logits[index], [row.params for _, row in sampled], noise)
+        forced = torch.full((len(sampled), vocab), float("-inf"), dtype=logits.dtype)
+        forced[torch.arange(len(sampled)), torch.tensor(tokens)] = 0.0
+        logits[index] = forced.to(logits.device)
+        for (_, row), position in zip(sampled, positions, strict=True):
             self.prefetch.request(row.seed, position + 1, vocab)  # the row's next step
         return logits
 

@@ -28,6 +28,7 @@ from executor.sampler_torch import (
     decode_protocol_args,
     encode_protocol_args,
     sample_token_torch,
+    sample_tokens_torch,
 )
 
 SEEDS = tuple(hashlib.sha256(f"torch-sampler-{i}".encode()).digest() for i in range(3))
@@ -378,3 +379,33 @@ def test_apply_asks_for_each_sampled_rows_next_position():
 def test_noise_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match="noise of shape"):
         sample_token_torch(torch.zeros(10), SamplingParams(temperature=1.0), b"", 0, np.zeros(9))
+
+
+@pytest.mark.parametrize("vocab", [1000, 49152])
+def test_batched_rows_with_mixed_rules_pick_the_numpy_tokens(vocab):
+    # [SAMPLE.7]: one batched pass over rows with different temperatures, top-k and top-p.
+    rules = [
+        SamplingParams(temperature=t, top_k=k, top_p=p)
+        for t, k, p in itertools.product((0.3, 1.5), (0, 1, 5, 50), (1.0, 0.9, 0.5))
+    ]
+    gen = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(len(rules), vocab, generator=gen) * 4).to(torch.float32)
+    seeds = [bytes([i]) * 32 for i in range(len(rules))]
+    noise = np.stack([compute_gumbel_noise(seeds[i], 40 + i, vocab) for i in range(len(rules))])
+    got = sample_tokens_torch(logits, rules, noise)
+    want = [
+        sample_token(logits[i].numpy(), rule, seeds[i], 40 + i) for i, rule in enumerate(rules)
+    ]
+    assert got == want
+    assert len(set(got)) > 1
+
+
+def test_batched_sampler_refuses_greedy_rows_and_wrong_shapes():
+    logits = torch.zeros(2, 10)
+    sampled = SamplingParams(temperature=1.0)
+    with pytest.raises(ValueError, match="greedy"):
+        sample_tokens_torch(logits, [sampled, SamplingParams()], np.zeros((2, 10)))
+    with pytest.raises(ValueError, match="noise"):
+        sample_tokens_torch(logits, [sampled, sampled], np.zeros((2, 9)))
+    with pytest.raises(ValueError, match="params"):
+        sample_tokens_torch(logits, [sampled], np.zeros((2, 10)))

@@ -7,7 +7,7 @@
 #   bash tools/device/gpu-run.sh vllm-cal    # vllm-cuda-bfloat16 by GPU and by CPU verifiers
 #   bash tools/device/gpu-run.sh tests       # the gpu-marked tests (after calibration: some
 #                                            # judge with the calibrated bands, else skip)
-#   bash tools/device/gpu-run.sh bench-torch # bench/gpu.py: verified vs plain, torch on CUDA
+#   bash tools/device/gpu-run.sh bench-torch # bench/sampler.py on CUDA; bench/gpu.py with torch
 #   bash tools/device/gpu-run.sh bench-vllm  # bench/gpu.py: verified vs plain vLLM, batch 1/8/32
 #
 # Every stage appends its log to $OUT/<stage>.log and leaves $OUT/results.tgz with what it wrote
@@ -54,6 +54,7 @@ case "$stage" in
         done
         ;;
     bench-torch)
+        run $py -m bench.sampler --device cuda --batches 1 8 32 64
         run $py -m bench.gpu --backends torch --tokens 64 --repeats 3
         ;;
     bench-vllm)
