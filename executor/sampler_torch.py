@@ -129,7 +129,7 @@ class GumbelPrefetch:
     :func:`compute_gumbel_noise` returns.
     """
 
-    def __init__(self, workers: int = 8, keep: int = 4096) -> None:
+    def __init__(self, workers: int = 8, keep: int = 1024) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verihive-noise")
         self._futures: OrderedDict[tuple[bytes, int, int], Future[npt.NDArray[np.float64]]] = (
             OrderedDict()
@@ -143,6 +143,11 @@ class GumbelPrefetch:
             self._futures[key] = self._pool.submit(compute_gumbel_noise, seed, position, vocab)
             while len(self._futures) > self._keep:  # rows that stopped never ask again
                 self._futures.popitem(last=False)[1].cancel()
+
+    def forget(self, seed: bytes) -> None:
+        """Drop what was computed ahead for the request of ``seed`` (it left the batch)."""
+        for key in [k for k in self._futures if k[0] == seed]:
+            self._futures.pop(key).cancel()
 
     def get(self, seed: bytes, position: int, vocab: int) -> npt.NDArray[np.float64]:
         """Return the noise of (``seed``, ``position``), computing it now if not prefetched."""
@@ -184,14 +189,15 @@ class ProtocolSamplerRows:
 
     def add(self, index: int, row: SamplerRow | None) -> None:
         """Put ``row`` at batch ``index`` (``None``: a request that is not the protocol's)."""
-        if row is None:
-            self.rows.pop(index, None)
-        else:
+        self.remove(index)
+        if row is not None:
             self.rows[index] = row
 
     def remove(self, index: int) -> None:
-        """Forget the request at batch ``index``."""
-        self.rows.pop(index, None)
+        """Forget the request at batch ``index`` and the noise computed ahead for it."""
+        row = self.rows.pop(index, None)
+        if row is not None:
+            self.prefetch.forget(row.seed)
 
     def move(self, a: int, b: int, swap: bool) -> None:
         """Move the request at ``a`` to ``b`` (``swap``: exchange the two)."""

@@ -409,3 +409,17 @@ def test_batched_sampler_refuses_greedy_rows_and_wrong_shapes():
         sample_tokens_torch(logits, [sampled, sampled], np.zeros((2, 9)))
     with pytest.raises(ValueError, match="params"):
         sample_tokens_torch(logits, [sampled], np.zeros((2, 10)))
+
+
+def test_a_request_leaving_the_batch_drops_its_prefetched_noise():
+    rows = ProtocolSamplerRows(GumbelPrefetch(workers=1))
+    params = SamplingParams(temperature=1.0)
+    rows.add(0, SamplerRow(params, b"\x0a" * 32, 3, []))
+    rows.add(1, SamplerRow(params, b"\x0b" * 32, 3, []))
+    rows.apply(torch.randn(2, 64, generator=torch.Generator().manual_seed(0)))
+    assert {k[0] for k in rows.prefetch._futures} == {b"\x0a" * 32, b"\x0b" * 32}
+    rows.remove(0)
+    assert {k[0] for k in rows.prefetch._futures} == {b"\x0b" * 32}
+    rows.add(1, None)  # replaced by a request that is not the protocol's
+    assert not rows.prefetch._futures
+    rows.prefetch.close()
