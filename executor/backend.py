@@ -20,6 +20,7 @@ from transformers import DynamicCache, LlamaForCausalLM
 
 from bft.messages import InferenceRequest, SamplingParams
 from executor.sampler import compute_sampler_margin, sample_token
+from executor.sampler_torch import sample_token_torch
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +189,7 @@ class TorchBackend:
             self.model.model(input_ids=self._ids(prompt), past_key_values=cache, use_cache=True)
             tokens: list[int] = []
             for i in range(params.max_new_tokens):
-                logits = _to_numpy(self._head_logits(boundary.pop()))
-                tok = sample_token(logits, params, seed, len(prompt) + i)
+                tok = self._sample(self._head_logits(boundary.pop()), params, seed, len(prompt) + i)
                 tokens.append(tok)
                 if params.stop_at_eos and tok in self.eos_ids:
                     break
@@ -199,6 +199,16 @@ class TorchBackend:
         finally:
             hook.remove()
         return tokens
+
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, seed: bytes, pos: int) -> int:
+        """Return the protocol's token from float32 ``logits`` on this backend's device.
+
+        On the CPU, NumPy's :func:`sample_token`; on a GPU, the same rule on the device
+        ([SAMPLE.7]), so that a step copies no logits to the host.
+        """
+        if self.device.type == "cpu":
+            return sample_token(_to_numpy(logits), params, seed, pos)
+        return sample_token_torch(logits, params, seed, pos)
 
     @torch.inference_mode()
     def prove(self, tokens: Sequence[int]) -> npt.NDArray[np.float32]:
