@@ -16,6 +16,7 @@ Import this module only on a host with vLLM (``pip install '.[gpu]'``); nothing 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -127,6 +128,7 @@ class VllmBackend(TorchBackend):
             # without this vLLM would build the headless LlamaModel.
             hf_overrides={"architectures": [type(model).__name__]},
         )
+        self._engine_lock = threading.Lock()  # the offline LLM engine is not thread-safe
         self.batch_invariant = os.environ.get("VLLM_BATCH_INVARIANT", "0") == "1"
         settings = ";".join(
             [
@@ -162,8 +164,12 @@ class VllmBackend(TorchBackend):
     def generate_many(
         self, items: Sequence[tuple[Sequence[int], SamplingParams, bytes]]
     ) -> list[list[int]]:
-        """Return the output tokens of several requests, generated as one vLLM batch."""
+        """Return the output tokens of several requests, generated as one vLLM batch.
+
+        Calls from several threads (the gRPC service's) run one after another.
+        """
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p, _, _ in items]
         sampling = [self.to_vllm(params, seed) for _, params, seed in items]
-        outs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        with self._engine_lock:
+            outs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
