@@ -19,6 +19,7 @@ from bft.crypto import SigningKey
 from bft.validators import make_genesis
 from bft.verifier import Thresholds, VerifierCore
 from executor.backend import DTYPES, Backend, TorchBackend
+from executor.batching import ExecutionBatcher
 from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
@@ -74,11 +75,16 @@ def make_executor_backend(loaded: LoadedModel, config: LocalNetConfig) -> Backen
         backend = TorchBackend(loaded.model, device=config.executor_device, dtype=dtype)
     else:
         raise ValueError(f"unknown executor backend {config.executor_backend!r}")
-    profile = backend.info.profile
-    if profile not in config.thresholds.profiles:
-        admitted = ", ".join(config.thresholds.profiles)
-        raise ValueError(f"executor profile {profile} is not admitted (admitted: {admitted})")
+    check_admitted(backend, config.thresholds)
     return backend
+
+
+def check_admitted(backend: Backend, thresholds: Thresholds) -> None:
+    """Raise ``ValueError`` unless the verifiers' table admits ``backend``'s profile. [EXEC.5]"""
+    profile = backend.info.profile
+    if profile not in thresholds.profiles:
+        admitted = ", ".join(thresholds.profiles)
+        raise ValueError(f"executor profile {profile} is not admitted (admitted: {admitted})")
 
 
 @dataclass
@@ -91,6 +97,7 @@ class LocalNetwork:
     servers: list[grpc.Server]
     assembler: AssemblerNode
     verifier_services: list[VerifierService]
+    executor_services: list[ExecutorService] = field(default_factory=list)
 
     def close(self, grace: float = 1.0) -> None:
         """Stop every server and release channels."""
@@ -99,6 +106,8 @@ class LocalNetwork:
             s.close()
         for server in self.servers:
             server.stop(grace).wait()
+        for e in self.executor_services:
+            e.close()
 
 
 def _serve(server: grpc.Server) -> str:
@@ -119,9 +128,12 @@ def start_local_network(
     if config.num_verifiers < 3 * config.f + 1:
         raise ValueError(f"f={config.f} needs at least {3 * config.f + 1} verifiers")
     backend = TorchBackend(loaded.model)  # the verifiers': torch-cpu-float32
-    exec_backend = exec_backend or make_executor_backend(loaded, config)
+    if exec_backend is None:
+        exec_backend = make_executor_backend(loaded, config)
+    check_admitted(exec_backend, config.thresholds)
     servers: list[grpc.Server] = []
     verifier_services: list[VerifierService] = []
+    executor_services: list[ExecutorService] = []
     try:
         executor_addresses = []
         for i in range(config.num_executors):
@@ -142,7 +154,12 @@ def start_local_network(
                     key, exec_backend, loaded.model_id, config.network_id, config.chunk_size
                 )
             server = make_server()
-            pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core), server)
+            batcher = None
+            if core.backend is exec_backend and hasattr(exec_backend, "generate_many"):
+                batcher = ExecutionBatcher(core)  # concurrent requests, one GPU batch [EXEC.8]
+            executor_service = ExecutorService(core, batcher)
+            executor_services.append(executor_service)
+            pb_grpc.add_ExecutorServicer_to_server(executor_service, server)
             servers.append(server)
             executor_addresses.append(_serve(server))
         verifier_addresses = []
@@ -199,11 +216,19 @@ def start_local_network(
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
         servers.append(server)
         net = LocalNetwork(
-            _serve(server), executor_addresses, verifier_addresses, servers, node, verifier_services
+            _serve(server),
+            executor_addresses,
+            verifier_addresses,
+            servers,
+            node,
+            verifier_services,
+            executor_services,
         )
     except BaseException:
         for s in servers:
             s.stop(0)
+        for e in executor_services:
+            e.close()
         raise
     try:
         yield net

@@ -11,6 +11,7 @@ from bft.errors import Malformed, Unavailable
 from bft.messages import OpeningResponse
 from bft.types import DIGEST_SIZE, Digest
 from bft.verifier import Session, VerifierCore
+from executor.batching import ExecutionBatcher
 from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
@@ -21,10 +22,20 @@ log = logging.getLogger(__name__)
 
 
 class ExecutorService(pb_grpc.ExecutorServicer):
-    """Serves ``Execute`` and ``Open`` for one :class:`ExecutorCore`."""
+    """Serves ``Execute`` and ``Open`` for one :class:`ExecutorCore`.
 
-    def __init__(self, core: ExecutorCore) -> None:
+    With a ``batcher`` (a GPU backend that generates batches, [EXEC.8]), concurrent ``Execute``
+    calls are generated together.
+    """
+
+    def __init__(self, core: ExecutorCore, batcher: ExecutionBatcher | None = None) -> None:
         self.core = core
+        self.batcher = batcher
+
+    def close(self) -> None:
+        """Stop the batcher, if any."""
+        if self.batcher is not None:
+            self.batcher.close()
 
     def GetInfo(self, request: pb.NodeInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
         """Return this node's identity and model."""
@@ -42,7 +53,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         """Run the request and return the signed commitment."""
         if not request.HasField("request"):
             raise Malformed("ExecuteRequest.request is missing")
-        signed = self.core.on_execute(convert.request_from_pb(request.request))
+        inference = convert.request_from_pb(request.request)
+        runner = self.batcher or self.core
+        signed = runner.on_execute(inference)
         return pb.ExecuteResponse(commitment=convert.commitment_to_pb(signed))
 
     def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> pb.OpenResponse:
