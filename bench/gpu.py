@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -294,14 +295,7 @@ def get_bands(verifier_profile: str, executor_profile: str) -> tuple[Thresholds,
         extra, source = Thresholds(profile=executor_profile), "uncalibrated"
     if executor_profile == verifier_profile:
         return extra, source
-    return Thresholds(
-        table.layer,
-        table.embedding,
-        table.sampler,
-        table.sequence,
-        profile=table.profile,
-        others=(*table.others, extra),
-    ), source
+    return replace(table, others=(*table.others, extra)), source
 
 
 def build_backend(name: str, loaded: LoadedModel, args: argparse.Namespace) -> Backend:

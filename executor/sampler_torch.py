@@ -28,71 +28,15 @@ from executor.sampler import compute_gumbel_noise
 
 def compute_allowed_torch(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Return the mask of tokens surviving top-k then top-p (``compute_allowed`` on torch)."""
-    allowed = torch.ones_like(scaled, dtype=torch.bool)
-    vocab = scaled.shape[0]
-    if 0 < params.top_k < vocab:
-        kth = torch.topk(scaled, params.top_k, sorted=True).values[-1]
-        allowed &= scaled >= kth
-    if params.top_p < 1.0:
-        masked = torch.where(allowed, scaled, torch.full_like(scaled, float("-inf")))
-        order = torch.sort(-masked, stable=True).indices
-        ordered = scaled[order]
-        probs = torch.exp(ordered - ordered[0])
-        probs = torch.where(allowed[order], probs, torch.zeros_like(probs))
-        probs = probs / probs.sum()
-        keep = torch.cumsum(probs, 0) - probs < params.top_p
-        nucleus = torch.zeros_like(allowed)
-        nucleus[order[keep]] = True
-        allowed &= nucleus
-    return allowed
+    return compute_allowed_rows(scaled[None], [params])[0]
 
 
-def sample_token_torch(
-    logits: torch.Tensor,
-    params: SamplingParams,
-    seed: bytes,
-    position: int,
-    noise: npt.NDArray[np.float64] | None = None,
-) -> int:
-    """Return the token the protocol samples from the 1-d ``logits`` at ``position``.
+def compute_allowed_rows(scaled: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Return, for each row of ``scaled`` ``[R, V]``, the tokens surviving its top-k then top-p.
 
-    ``noise``: the position's Gumbel draws if already computed (:class:`GumbelPrefetch`).
+    One batched pass: rows with different rules cost about the kernel launches of one row.
     """
-    x = logits.to(torch.float64)
-    if params.temperature == 0.0:
-        return int(torch.argmax(x))  # first maximum: ties go to the lowest id, as NumPy
-    scaled = (x - x.max()) / params.temperature
-    allowed = compute_allowed_torch(scaled, params)
-    if noise is None:
-        noise = compute_gumbel_noise(seed, position, x.shape[0])
-    elif noise.shape != (x.shape[0],):
-        raise ValueError(f"noise of shape {noise.shape} for {x.shape[0]} logits")
-    gumbel = torch.from_numpy(noise).to(x.device)
-    scores = torch.where(allowed, scaled + gumbel, torch.full_like(scaled, float("-inf")))
-    return int(torch.argmax(scores))
-
-
-def sample_tokens_torch(
-    logits: torch.Tensor,
-    params: Sequence[SamplingParams],
-    noise: npt.NDArray[np.float64],
-) -> list[int]:
-    """Return the protocol's tokens for the rows of ``logits`` ``[R, V]``, all sampled at once.
-
-    Row ``r`` has sampling parameters ``params[r]`` (temperature > 0) and Gumbel draws
-    ``noise[r]`` (``[R, V]``, [SAMPLE.2]). The same rule as :func:`sample_token_torch`, row by
-    row, as one sequence of batched tensor operations: on a GPU a batch of rows costs about one
-    row's kernel launches.
-    """
-    rows, vocab = logits.shape
-    if len(params) != rows or noise.shape != (rows, vocab):
-        raise ValueError(f"{len(params)} params and noise {noise.shape} for logits {rows}x{vocab}")
-    if any(p.temperature == 0.0 for p in params):
-        raise ValueError("greedy rows take the argmax; they have no noise")
-    dev = logits.device
-    x = logits.to(torch.float64)
-    temps = torch.tensor([p.temperature for p in params], dtype=torch.float64, device=dev)
-    scaled = (x - x.max(dim=1, keepdim=True).values) / temps[:, None]
+    dev, vocab = scaled.device, scaled.shape[1]
     allowed = torch.ones_like(scaled, dtype=torch.bool)
     ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
     if any(ks):
@@ -113,6 +57,51 @@ def sample_tokens_torch(
         keep = torch.cumsum(probs, dim=1) - probs < tp
         nucleus = torch.zeros_like(allowed).scatter(1, order, keep)
         allowed &= (tp >= 1.0) | nucleus
+    return allowed
+
+
+def sample_token_torch(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    seed: bytes,
+    position: int,
+    noise: npt.NDArray[np.float64] | None = None,
+) -> int:
+    """Return the token the protocol samples from the 1-d ``logits`` at ``position``.
+
+    ``noise``: the position's Gumbel draws if already computed (:class:`GumbelPrefetch`).
+    """
+    if params.temperature == 0.0:
+        return int(torch.argmax(logits))  # first maximum: ties go to the lowest id, as NumPy
+    vocab = logits.shape[0]
+    if noise is None:
+        noise = compute_gumbel_noise(seed, position, vocab)
+    elif noise.shape != (vocab,):
+        raise ValueError(f"noise of shape {noise.shape} for {vocab} logits")
+    return sample_tokens_torch(logits[None], [params], noise[None])[0]
+
+
+def sample_tokens_torch(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    noise: npt.NDArray[np.float64],
+) -> list[int]:
+    """Return the protocol's tokens for the rows of ``logits`` ``[R, V]``, all sampled at once.
+
+    Row ``r`` has sampling parameters ``params[r]`` (temperature > 0) and Gumbel draws
+    ``noise[r]`` (``[R, V]``, [SAMPLE.2]): [SAMPLE.3] row by row, as one sequence of batched
+    tensor operations in float64 on the logits' device.
+    """
+    rows, vocab = logits.shape
+    if len(params) != rows or noise.shape != (rows, vocab):
+        raise ValueError(f"{len(params)} params and noise {noise.shape} for logits {rows}x{vocab}")
+    if any(p.temperature == 0.0 for p in params):
+        raise ValueError("greedy rows take the argmax; they have no noise")
+    dev = logits.device
+    x = logits.to(torch.float64)
+    temps = torch.tensor([p.temperature for p in params], dtype=torch.float64, device=dev)
+    scaled = (x - x.max(dim=1, keepdim=True).values) / temps[:, None]
+    allowed = compute_allowed_rows(scaled, params)
     gumbel = torch.from_numpy(noise).to(dev)
     scores = torch.where(allowed, scaled + gumbel, torch.full_like(scaled, float("-inf")))
     return [int(t) for t in torch.argmax(scores, dim=1).tolist()]
@@ -228,9 +217,8 @@ class ProtocolSamplerRows:
         )
         index = torch.tensor([i for i, _ in sampled], device=logits.device)
         tokens = sample_tokens_torch(logits[index], [row.params for _, row in sampled], noise)
-        forced = torch.full((len(sampled), vocab), float("-inf"), dtype=logits.dtype)
-        forced[torch.arange(len(sampled)), torch.tensor(tokens)] = 0.0
-        logits[index] = forced.to(logits.device)
+        logits[index] = float("-inf")
+        logits[index, torch.tensor(tokens, device=logits.device)] = 0.0
         for (_, row), position in zip(sampled, positions, strict=True):
             self.prefetch.request(row.seed, position + 1, vocab)  # the row's next step
         return logits

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from bft.verifier import DEFAULT_PROFILE, Band, Thresholds
@@ -87,6 +88,4 @@ def load_thresholds(verifier_profile: str = DEFAULT_PROFILE) -> Thresholds:
         for path in sorted(folder.glob("*.json"))
         if path.stem != verifier_profile and is_admitted(path)
     )
-    return Thresholds(
-        own.layer, own.embedding, own.sampler, own.sequence, profile=own.profile, others=others
-    )
+    return replace(own, others=others)

@@ -490,14 +490,7 @@ def test_calibrated_bf16_bands_accept_an_honest_bf16_executor(
     assert refused.vote.verdict is Verdict.REJECT
     assert "not admitted" in refused.vote.reason
     own = load_thresholds(FP32)
-    table = Thresholds(
-        own.layer,
-        own.embedding,
-        own.sampler,
-        own.sequence,
-        profile=own.profile,
-        others=(*own.others, read_thresholds(path, BF16)),
-    )
+    table = dataclasses.replace(own, others=(*own.others, read_thresholds(path, BF16)))
     v = verify(verifier_with(net, "calibrated", table), bf16_executor, bf16_request, bf16_signed)
     assert v.vote.verdict is Verdict.ACCEPT, v.vote.reason
 
