@@ -3,7 +3,10 @@
 Honest noise sources (each against the standard verifier: torch CPU, float32, 2 threads, sdpa,
 fresh prefill): the executor's proving prefill with 1 thread; inside a right-padded batch;
 states captured during KV-cache decoding instead of a proving prefill; eager attention; in a
-separate process; and a long prompt. Every layer, every position, every output token.
+separate process; a long prompt; and, for CPU profiles, every ordered pair (X, Y) of the CPU
+kernel sets this CPU offers (``bench.kernels``: avx512, avx2, default), the executor generating
+and proving in a process under X and the verifier measuring in a process under Y. Every layer,
+every position, every output token.
 
 Cheat signals: the same measurements on executors from ``executor.byzantine``.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import subprocess
@@ -194,15 +198,53 @@ def prove_subprocess(tokens: list[int], device: str, dtype: str) -> States:
         return np.load(out)
 
 
+def measure_cross_kernel(
+    requests: list[InferenceRequest], args: Any
+) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Return the measurements of executors and verifiers on other CPU kernel sets. [CAL.3]
+
+    For each kernel set X this CPU offers (:mod:`bench.kernels`), a process under X generates
+    and proves ``requests``; for every other set Y a process under Y measures those states with
+    its own kernels, as a verifier on another CPU would. Keys: ``"kernels X -> Y"``.
+    """
+    from bench.kernels import encode_requests, get_kernel_sets, run_worker
+
+    sets = get_kernel_sets()
+    dtype = ["--dtype", args.executor_dtype]
+    vdtype = ["--dtype", args.verifier_dtype]
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        req_path = Path(tmp) / "requests.txt"
+        req_path.write_text(encode_requests(requests))
+        for x in sets:
+            run_worker(x, ["prove", *dtype, str(req_path), f"{tmp}/proofs-{x}.npz"])
+        for x, y in itertools.permutations(sets, 2):
+            path = f"{tmp}/measured-{x}-{y}.npz"
+            run_worker(y, ["measure", *vdtype, str(req_path), f"{tmp}/proofs-{x}.npz", path])
+            m = np.load(path)
+            out[f"{CROSS_KERNEL_SOURCE} {x} -> {y}"] = {
+                c: [np.ravel(m[f"{c}_{i}"]) for i in range(len(requests))] for c in CHECKS
+            }
+    return out
+
+
 def summarize(values: np.ndarray) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64).ravel()
     return {"max": float(v.max()), "p99.9": float(np.percentile(v, 99.9)), "n": int(v.size)}
 
 
-PRESCRIBED_SOURCES = ("fresh prefill", "1 thread", "separate process", "long prompt")
+CROSS_KERNEL_SOURCE = "kernels"
+PRESCRIBED_SOURCES = (
+    "fresh prefill",
+    "1 thread",
+    "separate process",
+    "long prompt",
+    CROSS_KERNEL_SOURCE,
+)
 """Honest sources that follow the prescribed path of [EXEC.2] (one unpadded proving prefill
 with the profile's attention); the others (padded batch, KV-cache states, eager attention) are
-other kernel paths."""
+other kernel paths. Another CPU's kernel set (``kernels X -> Y``) is the prescribed path on
+other hardware."""
 
 
 def is_prescribed(source: str) -> bool:
@@ -260,6 +302,12 @@ def main() -> None:
     p.add_argument("--executor-dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--verifier-device", default="cpu", help="cpu or cuda")
     p.add_argument("--verifier-dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument(
+        "--no-cross-kernel",
+        dest="cross_kernel",
+        action="store_false",
+        help="skip the executor/verifier pairs on other CPU kernel sets (bench/kernels.py)",
+    )
     args = p.parse_args()
     start = time.time()
     loaded: LoadedModel = load_smollm2()
@@ -333,6 +381,16 @@ def main() -> None:
 
     for name, prove in sources.items():
         run_source(name, requests[:2] if name == "separate process" else requests, prove)
+    if args.cross_kernel and {prover.device.type, backend.device.type} == {"cpu"}:
+        for name, measured in measure_cross_kernel(requests, args).items():
+            honest[name] = {k: summarize(np.concatenate(v)) for k, v in measured.items()}
+            for k, v in measured.items():
+                all_honest[k].extend(v)
+            print(
+                f"honest  {name:28s} "
+                + "  ".join(f"{k} max {s['max']:.2e}" for k, s in honest[name].items()),
+                flush=True,
+            )
     long_req = make_request(0, LONG_PROMPT)
     run_source(
         f"long prompt ({len(long_req.prompt_tokens)} tokens)",
