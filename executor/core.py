@@ -183,8 +183,9 @@ class ExecutorCore:
         A GPU backend (vLLM) generates a batch far faster than one request at a time; each
         request is then committed on its own, exactly as :meth:`execute_fresh` would. A request
         already answered, repeated within the batch or in flight elsewhere gets the commitment
-        signed for it, as in :meth:`on_execute` ([COMMIT.5], [COMMIT.6]); the others' flights
-        are this call's, landed before it waits on anyone else's.
+        signed for it, as in :meth:`on_execute` ([COMMIT.5], [COMMIT.6]). This call ends the
+        flights it started before it waits on those of other calls, so calls never wait on each
+        other in a circle.
         """
         for request in requests:
             self.check_request(request)
