@@ -1,9 +1,11 @@
-"""Model backends behind one interface. [EXEC.1]-[EXEC.3]
+"""Model backends behind one interface. [EXEC.1]-[EXEC.3], [EXEC.9]
 
 A backend generates with the protocol's sampler, runs the *proving prefill* (hidden state at
 every layer boundary), and re-executes single layers for verifiers. The torch backend runs on
 the CPU or a CUDA GPU in float32, bfloat16 or float16; the vLLM backend
 (:mod:`executor.vllm_backend`) generates with vLLM on a GPU and proves with the torch backend.
+Backends are called from several threads at once, over modules they share with other backends:
+no call leaves state on a module (no hooks).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
+from transformers.masking_utils import create_causal_mask
 
 from bft.messages import InferenceRequest, SamplingParams
 from executor.sampler import compute_sampler_margin, sample_token
@@ -108,6 +111,8 @@ class TorchBackend:
     layers run in ``dtype``; hidden states cross the interface as float32 (tiles are float32
     whatever the compute dtype), and the final norm and LM head always run in float32
     ([SAMPLE.6]), so that every profile samples from the same function of the boundary-L state.
+    Every method is safe to call from several threads, also with other backends over the same
+    modules: what a call captures stays in the call ([EXEC.9]).
     """
 
     def __init__(
@@ -124,8 +129,7 @@ class TorchBackend:
         first = next(model.parameters())
         want = dtype or first.dtype
         # [SAMPLE.6]: the head runs in float32 in every profile, with the caller's weights (taken
-        # before any narrowing). The norm is a copy in any case: generate() hooks the model's
-        # own norm to capture the boundary-L state.
+        # before any narrowing); the norm is always this backend's own float32 copy.
         source_norm, source_head = model.model.norm, model.lm_head
         self._head_norm = copy.deepcopy(source_norm).to(device=dev, dtype=torch.float32)
         if source_head.weight.device == dev and source_head.weight.dtype == torch.float32:
@@ -175,30 +179,54 @@ class TorchBackend:
     def generate(self, prompt: Sequence[int], params: SamplingParams, seed: bytes) -> list[int]:
         """Return output tokens, sampled position by position with a KV cache.
 
-        The logits come from the boundary-L state (the final norm's input, captured by a hook)
-        through :meth:`_head_logits`, as a verifier computes them. [SAMPLE.6]
+        The logits come from the boundary-L state of the newest position (the last decoder
+        layer's output, :meth:`_decode`) through :meth:`_head_logits`, as a verifier computes
+        them. [SAMPLE.6], [EXEC.9]
         """
-        boundary: list[torch.Tensor] = []
-
-        def capture(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            boundary.append(args[0][0, -1])
-
-        hook = self.model.model.norm.register_forward_pre_hook(capture)
-        try:
-            cache = DynamicCache(config=self.model.config)
-            self.model.model(input_ids=self._ids(prompt), past_key_values=cache, use_cache=True)
-            tokens: list[int] = []
-            for i in range(params.max_new_tokens):
-                tok = self._sample(self._head_logits(boundary.pop()), params, seed, len(prompt) + i)
-                tokens.append(tok)
-                if params.stop_at_eos and tok in self.eos_ids:
-                    break
-                if i + 1 == params.max_new_tokens:
-                    break
-                self.model.model(input_ids=self._ids([tok]), past_key_values=cache, use_cache=True)
-        finally:
-            hook.remove()
+        cache = DynamicCache(config=self.model.config)
+        state = self._decode(prompt, cache)
+        tokens: list[int] = []
+        for i in range(params.max_new_tokens):
+            tok = self._sample(self._head_logits(state), params, seed, len(prompt) + i)
+            tokens.append(tok)
+            if params.stop_at_eos and tok in self.eos_ids:
+                break
+            if i + 1 == params.max_new_tokens:
+                break
+            state = self._decode([tok], cache)
         return tokens
+
+    def _decode(self, tokens: Sequence[int], cache: DynamicCache) -> torch.Tensor:
+        """Return the boundary-L state of the last of ``tokens``, appended to ``cache``. [EXEC.9]
+
+        The decoder step of transformers' ``LlamaModel.forward`` (embedding, causal mask,
+        position ids and rotary embedding after the cached positions, every decoder layer),
+        the same operations, without its final norm: the last layer's output is the state,
+        held by this call alone (no hook on a shared module).
+        """
+        m = self.model.model
+        h = m.embed_tokens(self._ids(tokens))
+        past = cache.get_seq_length()
+        pos = (torch.arange(h.shape[1], device=h.device) + past).unsqueeze(0)
+        mask = create_causal_mask(
+            config=m.config,
+            inputs_embeds=h,
+            attention_mask=None,
+            past_key_values=cache,
+            position_ids=pos,
+        )
+        rope = m.rotary_emb(h, position_ids=pos)
+        for layer in m.layers[: m.config.num_hidden_layers]:
+            h = layer(
+                h,
+                attention_mask=mask,
+                position_embeddings=rope,
+                position_ids=pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        state: torch.Tensor = h[0, -1]
+        return state
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams, seed: bytes, pos: int) -> int:
         """Return the protocol's token from float32 ``logits`` on this backend's device.
@@ -251,17 +279,28 @@ class TorchBackend:
     def run_layer_with_update(
         self, layer: int, hidden_in: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Return :meth:`run_layer`'s output and the attention update inside the layer."""
+        """Return :meth:`run_layer`'s output and the attention update inside the layer.
+
+        The layer's sub-steps run here, in the order of the decoder layer's own forward, so the
+        update (the ``self_attn`` output) stays in this call and the output is
+        :meth:`run_layer`'s, bit for bit. [EXEC.1], [EXEC.9]
+        """
         if not 1 <= layer <= self.info.num_layers:
             raise ValueError(f"layer {layer} outside 1..{self.info.num_layers}")
-        captured: list[torch.Tensor] = []
         block = self.model.model.layers[layer - 1]
-        hook = block.self_attn.register_forward_hook(lambda _m, _i, o: captured.append(o[0]))
-        try:
-            out = self.run_layer(layer, hidden_in)
-        finally:
-            hook.remove()
-        return out, _to_numpy(captured[0][0])
+        h = self._hidden(hidden_in)[None]
+        mask, pos, rope = self._attention_inputs(h)
+        update, _ = block.self_attn(
+            hidden_states=block.input_layernorm(h),
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=None,
+            use_cache=False,
+            position_embeddings=rope,
+        )
+        h = h + update
+        out = h + block.mlp(block.post_attention_layernorm(h))
+        return _to_numpy(out[0]), _to_numpy(update[0])
 
     @torch.inference_mode()
     def final_logits(self, hidden_last: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

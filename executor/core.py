@@ -1,6 +1,7 @@
-"""The executor's protocol core: execute, commit, open. [COMMIT.1]-[COMMIT.4], [OPEN.1]-[OPEN.3]
+"""The executor's protocol core: execute, commit, open. [COMMIT.1]-[COMMIT.6], [OPEN.1]-[OPEN.3]
 
-No sockets, clocks or randomness here: the gRPC service in :mod:`verihive.services` calls in.
+No sockets, clocks or randomness here: the gRPC service in :mod:`verihive.services` calls in,
+from several threads; one execution per request runs at a time ([COMMIT.6]).
 """
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from bft.crypto import SigningKey
-from bft.errors import Malformed, NotFound, Reject
+from bft.errors import Malformed, NotFound, Reject, Unavailable
 from bft.messages import (
     Commitment,
     InferenceRequest,
@@ -54,9 +56,14 @@ def compute_tiles(states: npt.NDArray[np.float32], chunk_size: int) -> list[byte
     return leaves
 
 
+_Flight = Future[SignedCommitment]
+"""One execution in flight: resolves to its signed commitment, or to its failure."""
+
+
 class ExecutorCore:
     """Runs requests on a backend, signs commitments and serves openings.
 
+    Safe to call from several threads: calls for one request share one execution ([COMMIT.6]).
     Subclasses in :mod:`executor.byzantine` override :meth:`compute_states` or
     :meth:`compute_committed_tokens` to lie; the checks must catch them regardless.
     """
@@ -78,24 +85,81 @@ class ExecutorCore:
         self.max_stored = max_stored
         self._runs: OrderedDict[Digest, CommittedRun] = OrderedDict()
         self._by_request: OrderedDict[Digest, SignedCommitment] = OrderedDict()
+        self._in_flight: dict[Digest, _Flight] = {}
         self._lock = threading.Lock()
 
     def on_execute(self, request: InferenceRequest) -> SignedCommitment:
         """Return the signed commitment for ``request``, executing it once. [COMMIT.5]
 
-        A request seen before gets the commitment already signed for it: executing it again
-        on a backend that is not bit-reproducible would sign a second root for one request,
-        which is equivocation.
+        A request seen before gets the commitment already signed for it, and one being executed
+        gets that execution's commitment ([COMMIT.6]): executing it again on a backend that is
+        not bit-reproducible would sign a second root for one request, which is equivocation.
         """
         self.check_request(request)
         digest = request.digest()
         with self._lock:
-            known = self._by_request.get(digest)
+            claim = self._claim(digest)
+        if isinstance(claim, SignedCommitment):
+            return claim
+        flight, mine = claim
+        if not mine:
+            return self._await(flight)
+        try:
+            signed = self.execute_fresh(request)
+        except BaseException as exc:
+            self._land(digest, flight, error=exc)
+            raise
+        self._land(digest, flight, signed)
+        return signed
+
+    def _claim(self, digest: Digest) -> SignedCommitment | tuple[_Flight, bool]:
+        """Return the commitment for ``digest``, else its flight and whether this call owns it.
+
+        Call with the lock held. A digest neither committed nor in flight gets a new flight,
+        owned by the caller, which must :meth:`_land` it.
+        """
+        known = self._by_request.get(digest)
         if known is not None:
             return known
-        signed = self.execute_fresh(request)
-        self.remember(digest, signed)
-        return signed
+        flight = self._in_flight.get(digest)
+        if flight is not None:
+            return flight, False
+        flight = self._in_flight[digest] = _Flight()
+        return flight, True
+
+    def _land(
+        self,
+        digest: Digest,
+        flight: _Flight,
+        signed: SignedCommitment | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """End the flight of ``digest`` with ``signed`` (remembered first) or with ``error``."""
+        with self._lock:
+            if signed is not None:
+                self._remember(digest, signed)
+            del self._in_flight[digest]
+        if signed is not None:
+            flight.set_result(signed)
+        else:
+            flight.set_exception(error or RuntimeError("execution ended without a result"))
+
+    def _await(self, flight: _Flight) -> SignedCommitment:
+        """Return the commitment of an execution in flight; ``Unavailable`` if it failed."""
+        error = flight.exception()
+        if error is not None:
+            raise Unavailable(f"the execution of this request failed: {error}") from error
+        return flight.result()
+
+    def get_in_flight_count(self) -> int:
+        """Return how many executions are running now (at most one per request digest)."""
+        with self._lock:
+            return len(self._in_flight)
+
+    def get_held_commitments(self) -> list[SignedCommitment]:
+        """Return the commitments whose trees this executor holds ([COMMIT.4]), oldest first."""
+        with self._lock:
+            return [run.signed for run in self._runs.values()]
 
     def check_request(self, request: InferenceRequest) -> None:
         """Raise unless ``request`` is well formed and for this network and model."""
@@ -118,36 +182,60 @@ class ExecutorCore:
 
         A GPU backend (vLLM) generates a batch far faster than one request at a time; each
         request is then committed on its own, exactly as :meth:`execute_fresh` would. A request
-        already answered (or repeated within the batch) gets the commitment signed for it, as in
-        :meth:`on_execute` ([COMMIT.5]).
+        already answered, repeated within the batch or in flight elsewhere gets the commitment
+        signed for it, as in :meth:`on_execute` ([COMMIT.5], [COMMIT.6]). This call ends the
+        flights it started before it waits on those of other calls, so calls never wait on each
+        other in a circle.
         """
         for request in requests:
             self.check_request(request)
         digests = [r.digest() for r in requests]
+        known: dict[Digest, SignedCommitment] = {}
+        others: dict[Digest, _Flight] = {}
+        mine: dict[Digest, tuple[InferenceRequest, _Flight]] = {}
         with self._lock:
-            known = {d: self._by_request[d] for d in digests if d in self._by_request}
-        fresh: dict[Digest, InferenceRequest] = {}
-        for d, r in zip(digests, requests, strict=True):
-            if d not in known:
-                fresh.setdefault(d, r)
-        todo = list(fresh.values())
-        items = [(list(r.prompt_tokens), r.sampling, r.sampling_seed()) for r in todo]
-        many = getattr(self.backend, "generate_many", None)
-        if many is not None:
-            outputs: list[list[int]] = many(items) if items else []
-        else:
-            outputs = [self.backend.generate(*item) for item in items]
-        for d, r, out in zip(fresh, todo, outputs, strict=True):
-            known[d] = self.commit(r, out)
-            self.remember(d, known[d])
+            for d, r in zip(digests, requests, strict=True):
+                if d in known or d in others or d in mine:
+                    continue
+                claim = self._claim(d)
+                if isinstance(claim, SignedCommitment):
+                    known[d] = claim
+                elif claim[1]:
+                    mine[d] = (r, claim[0])
+                else:
+                    others[d] = claim[0]
+        try:
+            todo = [r for r, _ in mine.values()]
+            for (d, (r, flight)), out in zip(mine.items(), self.generate_all(todo), strict=True):
+                known[d] = self.commit(r, out)
+                self._land(d, flight, known[d])
+        except BaseException as exc:
+            for d, (_, flight) in mine.items():
+                if not flight.done():
+                    self._land(d, flight, error=exc)
+            raise
+        for d, flight in others.items():
+            known[d] = self._await(flight)
         return [known[d] for d in digests]
 
-    def remember(self, digest: Digest, signed: SignedCommitment) -> None:
-        """Keep the commitment signed for request ``digest`` (bounded, oldest first out)."""
-        with self._lock:
-            self._by_request[digest] = signed
-            while len(self._by_request) > MAX_REMEMBERED_REQUESTS:
-                self._by_request.popitem(last=False)
+    def generate_all(self, requests: Sequence[InferenceRequest]) -> list[list[int]]:
+        """Return the outputs of ``requests``: one batch where the backend has one."""
+        items = [(list(r.prompt_tokens), r.sampling, r.sampling_seed()) for r in requests]
+        if not items:
+            return []
+        many = getattr(self.backend, "generate_many", None)
+        if many is not None:
+            return list(many(items))
+        return [self.backend.generate(*item) for item in items]
+
+    def _remember(self, digest: Digest, signed: SignedCommitment) -> None:
+        """Keep the commitment signed for request ``digest`` (bounded, oldest first out).
+
+        Call with the lock held.
+        """
+        self._by_request[digest] = signed
+        while len(self._by_request) > MAX_REMEMBERED_REQUESTS:
+            self._by_request.popitem(last=False)
 
     def commit(self, request: InferenceRequest, output: list[int]) -> SignedCommitment:
         """Commit to ``request`` answered by ``output``: prefill, tiles, tree, sketch, sign."""

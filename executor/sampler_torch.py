@@ -115,7 +115,8 @@ class GumbelPrefetch:
     that would stall every decoding step. NumPy fills and ufuncs release the GIL, so a pool
     computes the rows in parallel, and the next position's noise is asked for as soon as a
     token is chosen, while the GPU runs the next step. Results are the very arrays
-    :func:`compute_gumbel_noise` returns.
+    :func:`compute_gumbel_noise` returns. One engine thread drives it (the vLLM backend runs one
+    generation at a time, [EXEC.9]); the workers only run that pure function.
     """
 
     def __init__(self, workers: int = 8, keep: int = 1024) -> None:

@@ -5,8 +5,8 @@ sampler runs inside it as a logits processor (:class:`VerihiveSampler`): each pr
 rewritten so that vLLM's greedy argmax emits exactly the token :func:`sample_token` picks from
 vLLM's float32 logits (greedy protocol requests need no rewrite). The commitment's hidden
 states come from a proving prefill by :class:`TorchBackend` on the same GPU in the same dtype
-(decision in docs/decisions.md: one prefill with hooks on HF decoder layers is simple and
-exact; vLLM's fused residual layout would need model-specific hooks). The commitment records
+(decision in docs/decisions.md: one prefill over the HF decoder layers is simple and exact;
+vLLM's fused residual layout would need model-specific hooks). The commitment records
 ``backend = "vllm-cuda"``; its layer, embedding and sketch bands are those of the torch prover,
 its sampler band covers vLLM's logits against the verifier's float32 head.
 
