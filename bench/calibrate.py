@@ -585,6 +585,13 @@ def write_markdown(
             f"{s['sampler']['max']:.2e} | {s['sampler']['p99.9']:.2e} | "
             f"{s['sequence']['max']:.2e} | {s['sequence']['p99.9']:.2e} |"
         )
+    if any(name.startswith(CROSS_KERNEL_SOURCE) for name in honest):
+        lines += [
+            "",
+            "`kernels X -> Y`: executor and verifier in processes on other CPU kernel sets "
+            "([CAL.3], `bench/kernels.py`); whole honest requests across those pairs, verified "
+            "with these bands: `docs/crosskernel.md`.",
+        ]
     lines += [
         "",
         "## Weakest signal of each cheat",
