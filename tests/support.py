@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,7 @@ from bft.assembler import (
     process_confirmation_vote,
     process_vote,
 )
-from bft.challenge import compute_commitment_challenge
+from bft.challenge import Challenge, compute_commitment_challenge
 from bft.crypto import SigningKey
 from bft.encoding import sha256
 from bft.errors import ProtocolError
@@ -42,6 +44,7 @@ from bft.types import PublicKey, Signature
 from bft.validators import SignedValidatorSet, make_genesis
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
+from executor.byzantine import LayerTamperExecutor
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, load_tiny
 
@@ -51,6 +54,8 @@ SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=8)  # 28 tokens in all
 CHUNK_SIZE = 8  # 4 chunks per boundary, the last one partial (4 rows)
 NUM_VALIDATORS = 6  # f = 1: committee of 4, so 2 validators sit outside every committee
 REQUEST_ID = bytes(range(16))
+SEARCH_MISS = 1e-9
+"""The most probability with which a search of :func:`find_execution` may fail by chance."""
 
 
 def make_key(label: str) -> SigningKey:
@@ -265,3 +270,117 @@ def resign_response(response: OpeningResponse, key: SigningKey, **changes: Any) 
     """Return ``response`` with ``changes`` applied and a fresh, valid signature by ``key``."""
     unsigned = dataclasses.replace(response, **changes, signature=Signature(b""))
     return dataclasses.replace(unsigned, signature=key.sign(unsigned.signing_root()))
+
+
+# --- searches: requests whose challenges have a wanted property
+
+
+def search_bound(p: float) -> int:
+    """Return the least ``n`` with ``(1 - p) ** n < SEARCH_MISS``: how many independent tries of
+    a property of probability ``p`` (at least) find it but with probability below
+    :data:`SEARCH_MISS`."""
+    assert 0 < p < 1
+    return math.floor(math.log(SEARCH_MISS) / math.log1p(-p)) + 1
+
+
+def search_id(label: str, i: int) -> bytes:
+    """Return the ``i``-th request id of the search named ``label``."""
+    return sha256(f"{label}-{i}".encode())[:16]
+
+
+def committee_challenges(
+    net: Network, request: InferenceRequest, signed: SignedCommitment
+) -> dict[PublicKey, Challenge]:
+    """Return each committee member's base challenge for ``signed``, in committee order, as its
+    verifier core draws it ([CHAL.2]; before any escalation)."""
+    committee = compute_tally(request, signed, net.validator_set.vset).committee
+    return {pk: make_session(net.verifiers[pk], request, signed).challenge for pk in committee}
+
+
+def sees_layer_lie(challenge: Challenge, lied: Collection[int], sketch: bool = True) -> bool:
+    """Return whether ``challenge`` reaches a lie told in the layers ``lied`` by an executor that
+    recomputes every later layer honestly from the lie: it samples a lied layer ([GUAR.2]) or,
+    when ``sketch``, draws the whole-sequence sketch check, which the lie reaches through the
+    last boundary ([SKETCH.4])."""
+    layers = {lc.layer for lc in challenge.layers}
+    return bool(layers & set(lied)) or (sketch and challenge.sequence_check)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One executed request and its committee's base challenges (see :func:`find_execution`).
+
+    ``lied_layers``: the layers a :class:`LayerTamperExecutor` tampered on this execution
+    (empty for any other executor). A request executed before keeps its first commitment
+    ([COMMIT.5]) while the executor draws its layers anew: search a ``selective`` executor only
+    with fresh labels.
+    """
+
+    request: InferenceRequest
+    signed: SignedCommitment
+    challenges: dict[PublicKey, Challenge]
+    lied_layers: frozenset[int]
+
+
+def find_execution(
+    net: Network,
+    executor: ExecutorCore,
+    label: str,
+    p: float,
+    wanted: Callable[[Execution], bool],
+    **policy: Any,
+) -> Execution:
+    """Return the first execution by ``executor`` of the requests with ids
+    ``search_id(label, i)`` (and ``policy``) that ``wanted`` accepts.
+
+    Which committee member's challenge reaches what comes from the commitment digest, hence
+    from the float bits of the executor's hidden states, which differ between CPUs and torch
+    kernels (style rule 14a). A test that needs, say, exactly one member to see a lie searches
+    for such a request here instead of hard-coding an id that has it on one machine. ``p`` is a
+    lower bound, derived by the caller, on the probability that one request has the property
+    (each member's challenge is an independent draw, seeded by its own signature); the search
+    tries :func:`search_bound` ``(p)`` requests, so it fails by chance with probability below
+    :data:`SEARCH_MISS`. Executions are cheap on the tiny model (about 25 ms) and the executor
+    keeps them ([COMMIT.5]): running a found request again gets the same commitment. It holds
+    the tiles of its last ``max_stored`` runs only, though: search once per executor, or on a
+    twin (same key, same behaviour, so the same commitments).
+    """
+    bound = search_bound(p)
+    for i in range(bound):
+        request = net.request(request_id=search_id(label, i), **policy)
+        signed = executor.on_execute(request)
+        lied = executor.lied_layers[-1] if isinstance(executor, LayerTamperExecutor) else []
+        found = Execution(
+            request, signed, committee_challenges(net, request, signed), frozenset(lied)
+        )
+        if wanted(found):
+            return found
+    raise AssertionError(
+        f"none of {bound} {label!r} requests has the wanted property (probability >= {p} each)"
+    )
+
+
+def has_one_catcher_by_layer(found: Execution) -> bool:
+    """Return whether exactly one member's challenge samples a lied layer of ``found`` and no
+    member draws the sketch check: one member sees the lie, with LAYER evidence."""
+    sampled = [
+        sees_layer_lie(ch, found.lied_layers, sketch=False) for ch in found.challenges.values()
+    ]
+    drawn = any(ch.sequence_check for ch in found.challenges.values())
+    return sum(sampled) == 1 and not drawn
+
+
+def find_one_catcher_by_layer(net: Network, executor: LayerTamperExecutor, label: str) -> Execution:
+    """Return an execution of ``executor``'s lie in one layer that exactly one committee member
+    sees, by its sampled layer (see :func:`has_one_catcher_by_layer`).
+
+    Under the test network's policy each member samples the lied layer with probability
+    k / L = 2 / 4 and draws the sketch check with q = 0.1, independently: it catches by layer
+    alone with probability 1/2 * 0.9 and misses with probability 1/2 * 0.9, so one request has
+    the property with probability 4 * 0.45 * 0.45**3 = 0.164.
+    """
+    policy = net.policy
+    assert (policy.layers_per_verifier, policy.sequence_check_ppm) == (2, 100_000)
+    assert net.backend.info.num_layers == 4
+    catch = miss = 2 / 4 * (1 - 0.1)
+    return find_execution(net, executor, label, 4 * catch * miss**3, has_one_catcher_by_layer)

@@ -3,8 +3,10 @@
 One request (tiny model, ``f = 1``, committee of ``3f+1 = 4`` drawn by the test network of
 :mod:`tests.support`) is executed by an honest or a byzantine executor (``int8-weights``: a
 whole-run cheat every check sees; ``skip-layer``: a partial cheat only the members that sample
-the skipped layer see; ``bad-opening``: model-free evidence). Each committee member is honest
-or byzantine; a byzantine member behaves as one of
+the skipped layer or draw the sketch check see; ``bad-opening``: model-free evidence). Which
+members see ``skip-layer`` depends on their challenges, hence on the commitment's float bits:
+the requests are searched (:func:`get_request_id`). Each committee member is honest or
+byzantine; a byzantine member behaves as one of
 
 - ``always-accept``: a lying (lazy) ACCEPT with made-up measurements; refutes every accusation;
 - ``always-reject``: a lying REJECT with made-up layer evidence; confirms every accusation;
@@ -94,7 +96,6 @@ from bft.assembler import (
 )
 from bft.byzantine import DoubleVoteVerifier, make_byzantine_verifier
 from bft.confirmation import Confirmation, DisputeOutcome, Finding, get_dispute_outcome
-from bft.encoding import sha256
 from bft.errors import Ignore, ProtocolError
 from bft.evidence import AuditModel, audit_evidence, spot_audit_vote
 from bft.messages import (
@@ -121,7 +122,18 @@ from slashing.records import (
     check_slash,
     compute_records,
 )
-from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, make_key, make_session, verify
+from tests.support import (
+    CHUNK_SIZE,
+    NETWORK_ID,
+    Execution,
+    find_execution,
+    get_network,
+    has_one_catcher_by_layer,
+    make_key,
+    make_session,
+    sees_layer_lie,
+    verify,
+)
 from verihive.cli import verify_main
 
 F = 1
@@ -129,23 +141,59 @@ EXECUTOR_MODES = ("honest", "int8-weights", "skip-layer", "bad-opening")
 BEHAVIOURS = ("always-accept", "always-reject", "double-vote", "silent", "twins")
 LIARS = ("always-accept", "always-reject")
 """How the lying half of a Twins pair votes and confirms."""
-REQUEST_IDS = tuple(sha256(f"bft-stateful-{i}".encode())[:16] for i in (4, 36, 0))
-"""Request ids whose ``skip-layer`` lie exactly one member sees (request 0), none sees (1: the
-lie escapes, as a partial cheat may), and two see (2); checked by the tests below."""
 SKIP_LAYER_CATCHERS = (1, 0, 2)
+"""How many members see the ``skip-layer`` lie on request 0, 1 and 2 of :func:`get_request_id`:
+exactly one (by its sampled layer), none (the lie escapes, as a partial cheat may) and two."""
 
 
 # --- cached fixtures: one execution and one honest vote per (executor, request, member)
 
 
 @functools.cache
-def get_executor(mode: str) -> ExecutorCore:
-    """Return the executor of ``mode`` (``honest``: the network's own)."""
+def get_executor(mode: str, twin: bool = False) -> ExecutorCore:
+    """Return the executor of ``mode`` (``honest``: the network's own); ``twin``: another
+    byzantine one with the same key and the same lie, which signs the same commitments."""
     net = get_network()
     if mode == "honest":
+        assert not twin
         return net.executor
     key = make_key(f"byzantine-executor-{mode}")
     return make_byzantine_executor(mode, key, net.lm.model, net.lm.model_id, NETWORK_ID, CHUNK_SIZE)
+
+
+def sees_skip(found: Execution) -> list[bool]:
+    """Return whether each committee member's challenge reaches the skipped layer."""
+    return [sees_layer_lie(ch, found.lied_layers) for ch in found.challenges.values()]
+
+
+# Each member's challenge is its own draw (seeded by its signature): it samples the skipped
+# layer with probability 2/4 (k = 2 of L = 4) and draws the sketch check with q = 0.1, so it
+# misses the lie with probability 1/2 * 0.9 = 0.45. Lower bounds on the probability that one
+# request has the wanted property (binomial over the 3f+1 = 4 members):
+_SKIP_LAYER_SEARCH = (
+    (4 * 0.45**4, has_one_catcher_by_layer),  # one samples it, none draws the sketch: 0.164
+    (0.45**4, lambda found: not any(sees_skip(found))),  # 0.041
+    (6 * 0.55**2 * 0.45**2, lambda found: sum(sees_skip(found)) == 2),  # 0.367
+)
+
+
+@functools.cache
+def get_request_id(index: int) -> bytes:
+    """Return a request id on which ``SKIP_LAYER_CATCHERS[index]`` members see the lie.
+
+    Which members see it comes from their challenges, hence from the float bits of the
+    commitment (style rule 14a): searched, never hard-coded. The default policy must be the
+    one the probabilities above assume.
+    """
+    net = get_network()
+    assert (net.policy.layers_per_verifier, net.policy.sequence_check_ppm) == (2, 100_000)
+    p, wanted = _SKIP_LAYER_SEARCH[index]
+    # Searched on a twin: an executor holds the tiles of its last DEFAULT_MAX_STORED runs only,
+    # and a long search would evict those of a request found before.
+    twin = get_executor("skip-layer", twin=True)
+    found = find_execution(net, twin, "bft-stateful", p, wanted)
+    assert sum(sees_skip(found)) == SKIP_LAYER_CATCHERS[index]
+    return found.request.request_id
 
 
 @dataclass(frozen=True)
@@ -158,6 +206,7 @@ class Scenario:
     signed: SignedCommitment
     tally: Tally  # empty: just the committee
     honest_votes: dict[PublicKey, Vote]
+    sessions: dict[PublicKey, Session]  # each member's last session (escalated after grey)
 
     @property
     def committee(self) -> tuple[PublicKey, ...]:
@@ -173,12 +222,16 @@ def get_scenario(executor_mode: str, request_index: int) -> Scenario:
     """Return the executed request and the honest vote of every committee member."""
     net = get_network()
     ex = get_executor(executor_mode)
-    request = net.request(request_id=REQUEST_IDS[request_index])
+    request = net.request(request_id=get_request_id(request_index))
     signed = ex.on_execute(request)
+    if executor_mode == "skip-layer":  # what the search saw
+        assert signed == get_executor(executor_mode, twin=True).on_execute(request)
     check_commitment(request, signed, ex.key.node_id)
     tally = compute_tally(request, signed, net.validator_set.vset)
-    votes = {pk: verify(net.verifiers[pk], ex, request, signed).vote for pk in tally.committee}
-    return Scenario(executor_mode, ex, request, signed, tally, votes)
+    done = {pk: verify(net.verifiers[pk], ex, request, signed) for pk in tally.committee}
+    votes = {pk: v.vote for pk, v in done.items()}
+    sessions = {pk: v.session for pk, v in done.items()}
+    return Scenario(executor_mode, ex, request, signed, tally, votes, sessions)
 
 
 def get_auditor() -> AuditModel:
@@ -463,7 +516,7 @@ class CommitteeMachine(RuleBasedStateMachine):
 
     @initialize(
         executor_mode=st.sampled_from(EXECUTOR_MODES),
-        request_index=st.integers(0, len(REQUEST_IDS) - 1),
+        request_index=st.integers(0, len(SKIP_LAYER_CATCHERS) - 1),
         byzantine=byzantine_members,
     )
     def setup(
@@ -536,12 +589,19 @@ def test_every_behaviour_against_every_executor(executor_mode, behaviour, liar):
 
 def test_no_byzantine_member_honest_outcomes():
     # The baseline: all honest; a lie any member sees is REJECTED, one none sees is certified.
-    for mode, index in itertools.product(EXECUTOR_MODES, range(len(REQUEST_IDS))):
+    for mode, index in itertools.product(EXECUTOR_MODES, range(len(SKIP_LAYER_CATCHERS))):
         drive = Drive.start(mode, index, [])
         drive.drain()
         drive.check_final()
-        catchers = sum(v.verdict is Verdict.REJECT for v in drive.sc.honest_votes.values())
+        sc = drive.sc
+        catchers = sum(v.verdict is Verdict.REJECT for v in sc.honest_votes.values())
         if mode == "skip-layer":
+            # Exactly the members whose own challenge reaches the skipped layer REJECT.
+            (lied,) = {tuple(layers) for layers in sc.executor.lied_layers}
+            for pk in sc.committee:
+                sees = sees_layer_lie(sc.sessions[pk].challenge, lied)
+                assert sc.sessions[pk].escalated is False
+                assert sc.honest_votes[pk].verdict is (Verdict.REJECT if sees else Verdict.ACCEPT)
             assert catchers == SKIP_LAYER_CATCHERS[index]
         else:
             assert catchers == (0 if mode == "honest" else 4)
@@ -614,7 +674,7 @@ def _partial_lie_committee() -> tuple[int, int, tuple[int, int]]:
     verdicts = [sc.honest_votes[pk].verdict for pk in sc.committee]
     catchers = [i for i, v in enumerate(verdicts) if v is Verdict.REJECT]
     missers = [i for i, v in enumerate(verdicts) if v is Verdict.ACCEPT]
-    assert len(catchers) == 1 and len(missers) == 3, verdicts  # fixed seeds: checked once
+    assert len(catchers) == 1 and len(missers) == 3, verdicts  # as get_request_id(0) searched
     return catchers[0], missers[0], (missers[1], missers[2])
 
 

@@ -33,10 +33,11 @@ from bft.confirmation import (
 from bft.crypto import SigningKey
 from bft.errors import BadSignature, Ignore, Malformed, Reject
 from bft.evidence import AuditResult
-from bft.messages import MAX_STRING, Evidence, EvidenceCheck, Verdict, Vote
+from bft.messages import MAX_STRING, Evidence, EvidenceCheck, InferenceRequest, Verdict, Vote
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.verifier import VerifierCore
-from executor.byzantine import make_byzantine_executor
+from executor.byzantine import LayerTamperExecutor, make_byzantine_executor
+from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from tests.support import (
@@ -44,31 +45,42 @@ from tests.support import (
     NETWORK_ID,
     Network,
     Run,
+    find_one_catcher_by_layer,
     make_key,
     resign_vote,
+    sees_layer_lie,
 )
 
 
-def byzantine_run(net: Network, mode: str, request_id: bytes) -> Run:
-    """Return the committee's run against ``mode``, without the confirmation round."""
-    ex = make_byzantine_executor(
+def byzantine_executor(net: Network, mode: str) -> ExecutorCore:
+    return make_byzantine_executor(
         mode, make_key(f"confirm-{mode}"), net.lm.model, net.lm.model_id, NETWORK_ID, CHUNK_SIZE
     )
-    return net.run(net.request(request_id=request_id), ex, check_at_assembler=False, confirm=False)
+
+
+def byzantine_run(net: Network, ex: ExecutorCore, request: InferenceRequest) -> Run:
+    """Return the committee's run against ``ex``, without the confirmation round."""
+    return net.run(request, ex, check_at_assembler=False, confirm=False)
 
 
 @pytest.fixture(scope="module")
 def perturbed(net) -> Run:
     """One layer perturbed: the member whose challenge reaches it REJECTs, three ACCEPT."""
-    run = byzantine_run(net, "perturb-layer", b"\xc5" * 16)
-    assert [v.verdict for v in run.votes].count(Verdict.REJECT) == 1  # (for this request id)
+    ex = byzantine_executor(net, "perturb-layer")
+    assert isinstance(ex, LayerTamperExecutor)
+    found = find_one_catcher_by_layer(net, ex, "confirm-perturbed")  # challenges: searched
+    run = byzantine_run(net, ex, found.request)
+    for vote in run.votes:
+        sees = sees_layer_lie(found.challenges[vote.verifier_key], found.lied_layers)
+        assert vote.verdict is (Verdict.REJECT if sees else Verdict.ACCEPT)
     return run
 
 
 @pytest.fixture(scope="module")
 def bad_opening(net) -> Run:
     """Openings that miss the signed root: model-free evidence from every member."""
-    return byzantine_run(net, "bad-opening", b"\xc3" * 16)
+    request = net.request(request_id=b"\xc3" * 16)
+    return byzantine_run(net, byzantine_executor(net, "bad-opening"), request)
 
 
 def made_up_accusation(net: Network, run: Run, member: PublicKey, **claim) -> Vote:

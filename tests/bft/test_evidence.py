@@ -83,7 +83,9 @@ class EosInTheMiddleExecutor(EditedExecutor):
         return [*tokens[:-4], EOS, *tokens[-3:]]
 
 
-# case -> (executor, the check the evidence names); every layer and position is challenged.
+# case -> (executor, the check the evidence names); every layer and position is challenged and
+# the sketch check is not drawn (q = 0), so every verifier's challenge is the same whatever its
+# seed: with the sketch check drawn, a whole-run lie's worst finding could be its SEQUENCE one.
 CASES = {
     "prompt-swap": (PromptSwapExecutor, EvidenceCheck.COMMITMENT),
     "eos-in-the-middle": (EosInTheMiddleExecutor, EvidenceCheck.LENGTH),
@@ -109,9 +111,17 @@ def verifier_evidence(case: str) -> Evidence:
     """Return the evidence of one verifier's REJECT against the executor of ``case``."""
     net = get_network()
     ex = make_executor(net, CASES[case][0])
-    request = net.request(request_id=b"\x44" * 16, layers_per_verifier=4, positions_per_verifier=8)
+    request = net.request(
+        request_id=b"\x44" * 16,
+        layers_per_verifier=4,
+        positions_per_verifier=8,
+        sequence_check_ppm=0,
+    )
     signed = ex.on_execute(request)
-    vote = verify(net.verifiers[net.validators[0]], ex, request, signed).vote
+    v = verify(net.verifiers[net.validators[0]], ex, request, signed)
+    assert len(v.session.challenge.layers) == 4 and not v.session.challenge.sequence_check
+    assert len(v.session.challenge.positions) == len(signed.commitment.output_tokens)
+    vote = v.vote
     assert vote.verdict is Verdict.REJECT, vote.reason
     assert vote.evidence is not None
     return vote.evidence

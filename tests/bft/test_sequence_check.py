@@ -25,7 +25,7 @@ from bft.verifier import (
     compute_commitment_problem,
     measure_sequence,
 )
-from executor.byzantine import BadSketchExecutor, make_byzantine_executor
+from executor.byzantine import BadSketchExecutor, LayerTamperExecutor, make_byzantine_executor
 from executor.core import ExecutorCore
 from merkle.sketch import (
     SKETCH_CHUNK,
@@ -38,11 +38,14 @@ from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,
     SAMPLING,
+    Execution,
     Network,
     Run,
+    find_execution,
     make_key,
     resign_commitment,
     resign_vote,
+    sees_layer_lie,
     verify,
 )
 
@@ -181,15 +184,23 @@ def test_bad_sketch_is_accepted_when_no_verifier_checks_the_sequence(net, bad_sk
 
 
 def test_invalid_bad_sketch_is_caught_by_exactly_the_verifiers_that_draw_the_check(net, bad_sketch):
+    # A request whose committee holds both cases: at q = 1/2 each member draws the check with
+    # probability 1/2, independently, so the four agree with probability 2 / 2**4.
+    found = find_execution(
+        net,
+        bad_sketch,
+        "bad-sketch-half",
+        1 - 2 / 2**4,
+        lambda f: {ch.sequence_check for ch in f.challenges.values()} == {True, False},
+        sequence_check_ppm=500_000,
+    )
+    run = net.run(found.request, bad_sketch, check_at_assembler=False)
     seen = set()
-    for n in range(4):
-        request = net.request(request_id=bytes([0x84, n]) * 8, sequence_check_ppm=500_000)
-        run = net.run(request, bad_sketch, check_at_assembler=False)
-        for vote in run.votes:
-            drawn = run.sessions[vote.verifier_key].challenge.sequence_check
-            seen.add(drawn)
-            assert vote.verdict is (Verdict.REJECT if drawn else Verdict.ACCEPT)
-            assert (vote.sequence_check is not None) is drawn
+    for vote in run.votes:
+        drawn = run.sessions[vote.verifier_key].challenge.sequence_check
+        seen.add(drawn)
+        assert vote.verdict is (Verdict.REJECT if drawn else Verdict.ACCEPT)
+        assert (vote.sequence_check is not None) is drawn
     assert seen == {True, False}
 
 
@@ -199,9 +210,19 @@ def test_invalid_skipped_layer_is_seen_by_the_sketch_check_whatever_layer_is_sam
     ex = make_byzantine_executor(
         "skip-layer", make_key("sequence-skip-layer"), net.lm.model, net.lm.model_id, NETWORK_ID, 8
     )
-    request = net.request(request_id=b"\x88\x00" * 8, layers_per_verifier=1, **ALWAYS)
-    run = net.run(request, ex, check_at_assembler=False)
-    lied = set(ex.lied_layers[-1])
+    assert isinstance(ex, LayerTamperExecutor)
+
+    def someone_misses(found: Execution) -> bool:
+        sampled = (sees_layer_lie(ch, found.lied_layers, False) for ch in found.challenges.values())
+        return not all(sampled)
+
+    # A request where some member samples another layer: each member samples the skipped one
+    # (k = 1 of 4) with probability 1/4, independently, so all four do with probability 4**-4.
+    found = find_execution(
+        net, ex, "sketch-skip-layer", 1 - 4**-4, someone_misses, layers_per_verifier=1, **ALWAYS
+    )
+    run = net.run(found.request, ex, check_at_assembler=False)
+    lied = found.lied_layers
     missed = 0
     for vote in run.votes:
         assert vote.verdict is Verdict.REJECT

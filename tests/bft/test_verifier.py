@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bft.challenge import compute_commitment_challenge
+from bft.challenge import Challenge, compute_commitment_challenge
 from bft.errors import BadSignature, Ignore, Malformed, Reject, Unavailable
 from bft.messages import (
     EvidenceCheck,
@@ -38,12 +38,15 @@ from tests.support import (
     NETWORK_ID,
     PROMPT,
     SAMPLING,
+    Execution,
     Network,
     Run,
+    find_execution,
     make_key,
     resign_commitment,
     resign_response,
     resign_vote,
+    search_bound,
     verify,
 )
 
@@ -358,13 +361,40 @@ def test_signed_response_missing_a_challenged_tile_gets_unavailable(net, run, me
     assert vote.layer_checks == () and vote.sampler_checks == ()
 
 
+def _unused_tiles(challenge: Challenge) -> list[TileRef]:
+    assert (challenge.num_layers, challenge.num_chunks) == (4, 4)
+    used = set(challenge.required_tiles())
+    return [TileRef(b, ch) for b in range(5) for ch in range(4) if TileRef(b, ch) not in used]
+
+
+@pytest.fixture(scope="module")
+def spare(net) -> tuple[Run, bytes]:
+    """Return an honest run and a member whose challenge leaves some tile unopened.
+
+    Layers {2, 4} open every boundary whole, the only such draw of k = 2 of 4 (probability
+    1/6); a request where all four members draw it has probability 6**-4: searched.
+    """
+    assert net.policy.layers_per_verifier == 2
+    found = find_execution(
+        net,
+        net.executor,
+        "unused-tile",
+        1 - 6**-4,
+        lambda f: any(_unused_tiles(ch) for ch in f.challenges.values()),
+    )
+    run = net.run(found.request)
+    return run, next(pk for pk, ch in found.challenges.items() if _unused_tiles(ch))
+
+
 def _unused_tile(run: Run, member: bytes) -> TileRef:
+    unused = _unused_tiles(run.sessions[member].challenge)
     used = {o.tile for o in run.responses[member].openings}
-    assert run.signed.commitment.num_chunks == 4
-    return next(TileRef(b, ch) for b in range(5) for ch in range(4) if TileRef(b, ch) not in used)
+    assert unused and used.isdisjoint(unused)
+    return unused[0]
 
 
-def test_signed_response_with_an_extra_valid_tile_is_judged_on_the_challenge(net, run, member):
+def test_signed_response_with_an_extra_valid_tile_is_judged_on_the_challenge(net, spare):
+    run, member = spare
     response = run.responses[member]
     extra = net.executor.on_open(run.signed.digest, (_unused_tile(run, member),)).openings[0]
     vote = vote_on(net, run, member, resign(net, response, openings=(*response.openings, extra)))
@@ -373,8 +403,9 @@ def test_signed_response_with_an_extra_valid_tile_is_judged_on_the_challenge(net
     assert (vote.layer_checks, vote.sampler_checks) == (honest.layer_checks, honest.sampler_checks)
 
 
-def test_invalid_signed_response_with_an_extra_tile_that_does_not_open(net, run, member):
+def test_invalid_signed_response_with_an_extra_tile_that_does_not_open(net, spare):
     # Extra tiles are checked too: a signed opening that does not open the root is provable.
+    run, member = spare
     response = run.responses[member]
     extra = net.executor.on_open(run.signed.digest, (_unused_tile(run, member),)).openings[0]
     bad = dataclasses.replace(extra, leaf=extra.leaf[:-1] + bytes([extra.leaf[-1] ^ 1]))
@@ -494,22 +525,31 @@ def test_invalid_token_that_is_not_the_samplers_choice_is_caught_where_sampled(n
     ex = make_byzantine_executor(
         "smart-tamper-tokens", make_key("tamperer"), net.lm.model, net.lm.model_id, NETWORK_ID, 8
     )
+
+    def both_cases(found: Execution) -> bool:
+        last = len(found.signed.commitment.tokens) - 1
+        return {last in ch.positions for ch in found.challenges.values()} == {True, False}
+
+    # A request whose committee holds both cases: each member samples m = 4 of the 8 output
+    # positions, so the last one with probability 1/2, independently; all four agree with
+    # probability 2 / 2**4.
+    assert (SAMPLING.max_new_tokens, net.policy.positions_per_verifier) == (8, 4)
+    found = find_execution(net, ex, "smart-tamper", 1 - 2 / 2**4, both_cases)
+    other = net.run(found.request, ex)
+    last = len(other.signed.commitment.tokens) - 1
     seen = set()
-    for n in [0x61]:  # a request whose committee holds both cases
-        other = net.run(net.request(request_id=bytes([n]) * 16), ex)
-        last = len(other.signed.commitment.tokens) - 1
-        for vote in other.votes:
-            assert vote.embedding_max_error == 0.0 and vote.max_error == 0.0
-            exposed = last in other.sessions[vote.verifier_key].challenge.positions
-            seen.add(exposed)
-            if not exposed:
-                assert vote.verdict is Verdict.ACCEPT
-                continue
-            assert vote.verdict is Verdict.REJECT
-            ev = vote.evidence
-            assert ev is not None and ev.check is EvidenceCheck.SAMPLER
-            assert ev.position == last and ev.measured == vote.max_margin > 5e-2
-            assert f"position {last}" in vote.reason
+    for vote in other.votes:
+        assert vote.embedding_max_error == 0.0 and vote.max_error == 0.0
+        exposed = last in other.sessions[vote.verifier_key].challenge.positions
+        seen.add(exposed)
+        if not exposed:
+            assert vote.verdict is Verdict.ACCEPT
+            continue
+        assert vote.verdict is Verdict.REJECT
+        ev = vote.evidence
+        assert ev is not None and ev.check is EvidenceCheck.SAMPLER
+        assert ev.position == last and ev.measured == vote.max_margin > 5e-2
+        assert f"position {last}" in vote.reason
     assert seen == {True, False}
 
 
@@ -578,7 +618,9 @@ def test_grey_layer_escalates_once_then_accepts(net, grey):
     request = net.request(request_id=b"\x71" * 16, positions_per_verifier=2)
     signed = ex.on_execute(request)
     seen: set[bool] = set()
-    for i in range(16):
+    # Each key samples layer 4 (k = 2 of 4) with probability 1/2, independently: the first n
+    # keys all agree with probability 2 / 2**n, below 1e-9 for n = 32.
+    for i in range(32):
         if seen == {True, False}:
             break
         verifier = grey_verifier(net, make_key(f"grey-{i}"), grey)
@@ -622,13 +664,16 @@ def test_invalid_lie_found_by_the_escalated_challenge_gets_reject(net, grey):
     ex = _nudger(net, lie_at=2)
     request = net.request(request_id=b"\x72" * 16)
     signed = ex.on_execute(request)
-    for i in range(64):
+    # A key draws layers {1, 4} (2 of 4) with probability 1/6: none of n keys does with
+    # probability (5/6)**n, below 1e-9 for n = search_bound(1/6) = 114.
+    bound = search_bound(1 / 6)
+    for i in range(bound):
         verifier = grey_verifier(net, make_key(f"escalate-{i}"), grey)
         session = verifier.start(request, signed)
         if [lc.layer for lc in session.challenge.layers] == [1, 4]:
             break
     else:
-        raise AssertionError("no key with base challenge {1, 4} among 64")
+        raise AssertionError(f"no key with base challenge {{1, 4}} among {bound}")
     v = verify(verifier, ex, request, signed)
     assert len(v.responses) == 2 and v.session.escalated
     vote = v.vote

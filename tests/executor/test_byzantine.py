@@ -17,12 +17,23 @@ from bft.messages import InferenceRequest, Verdict
 from executor.byzantine import (
     MODES,
     PARTIAL_MODES,
+    SELECTIVE_REQUEST_RATE,
     WHOLE_RUN_MODES,
     LayerTamperExecutor,
     make_byzantine_executor,
 )
 from executor.core import ExecutorCore
-from tests.support import CHUNK_SIZE, NETWORK_ID, SAMPLING, Network, Run, make_key
+from tests.support import (
+    CHUNK_SIZE,
+    NETWORK_ID,
+    SAMPLING,
+    Execution,
+    Network,
+    Run,
+    find_execution,
+    make_key,
+    sees_layer_lie,
+)
 
 REQUESTS = 2  # per mode; each is a fresh request id
 EVERYTHING = {
@@ -132,14 +143,23 @@ def test_invalid_layer_cheat_is_caught_by_exactly_the_verifiers_sampling_its_lay
     # state, so only a challenge of the tampered layer itself sees the lie. [GUAR.2]
     ex = executor_for(net, mode)
     assert isinstance(ex, LayerTamperExecutor)
-    seen = set()
-    for n in range(REQUESTS):
-        # q = 0: the whole-sequence sketch check would see a lie in any layer [SKETCH.4]
-        run = run_of(net, ex, request_of(net, mode, 0x10 + n, sequence_check_ppm=0))
-        lied = set(ex.lied_layers[-1])
-        for vote in run.votes:
-            layers = {lc.layer for lc in run.sessions[vote.verifier_key].challenge.layers}
-            exposed = bool(layers & lied)
-            assert vote.verdict is (Verdict.REJECT if exposed else Verdict.ACCEPT), (lied, layers)
-            seen.add(exposed)
-    assert True in seen
+
+    def both_cases(found: Execution) -> bool:
+        exposed = {sees_layer_lie(ch, found.lied_layers) for ch in found.challenges.values()}
+        return exposed == {True, False}
+
+    # A request whose committee holds both cases. The executor lies on it with probability 1
+    # (``selective``: 1/2); each member then samples the lied layer (k = 2 of 4) with
+    # probability 1/2, independently, so the four agree with probability 2 / 2**4.
+    assert net.policy.layers_per_verifier == 2 and SELECTIVE_REQUEST_RATE >= 0.5
+    lies = SELECTIVE_REQUEST_RATE if mode == "selective" else 1.0
+    # q = 0: the whole-sequence sketch check would see a lie in any layer [SKETCH.4]
+    found = find_execution(
+        net, ex, f"layer-cheat-{mode}", lies * (1 - 2 / 2**4), both_cases, sequence_check_ppm=0
+    )
+    run = run_of(net, ex, found.request)  # the same commitment, whatever ``selective`` draws now
+    lied = found.lied_layers
+    for vote in run.votes:
+        layers = {lc.layer for lc in run.sessions[vote.verifier_key].challenge.layers}
+        exposed = bool(layers & lied)
+        assert vote.verdict is (Verdict.REJECT if exposed else Verdict.ACCEPT), (lied, layers)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bft.assembler import Outcome, build_receipt, get_outcome
+from bft.challenge import Challenge
 from bft.crypto import is_valid_signature
 from bft.errors import Malformed, NotFound, Reject
 from bft.messages import InferenceRequest, SamplingParams, TileRef, Verdict
@@ -24,6 +25,7 @@ from tests.support import (
     NETWORK_ID,
     PROMPT,
     Network,
+    find_execution,
     make_key,
 )
 
@@ -165,14 +167,28 @@ def test_invalid_one_boundary_lie_is_caught_by_exactly_the_verifiers_sampling_it
     # Boundary b is layer b's output and layer b+1's input: a verifier that re-executes either
     # layer sees the lie, one that samples neither cannot. [GUAR.2]
     ex = OneLayerLiar(make_key("one-layer-liar"), net.backend, net.lm.model_id, NETWORK_ID, 8)
+    lied = {OneLayerLiar.boundary, OneLayerLiar.boundary + 1}
+
+    def exposed(challenge: Challenge) -> bool:
+        return bool({lc.layer for lc in challenge.layers} & lied)
+
+    # A request whose committee holds both cases: a member samples neither layer 2 nor 3 (k = 2
+    # of 4) with probability 1/6, independently, so the four agree with probability
+    # (5/6)**4 + (1/6)**4 < 0.49.
+    assert net.policy.layers_per_verifier == 2
+    found = find_execution(
+        net,
+        ex,
+        "one-layer-liar",
+        1 - (5 / 6) ** 4 - (1 / 6) ** 4,
+        lambda f: {exposed(ch) for ch in f.challenges.values()} == {True, False},
+    )
+    run = net.run(found.request, ex)
     seen = set()
-    for n in range(200, 204):
-        run = net.run(request_of(net, n), ex)
-        for vote in run.votes:
-            layers = {lc.layer for lc in run.sessions[vote.verifier_key].challenge.layers}
-            exposed = bool(layers & {OneLayerLiar.boundary, OneLayerLiar.boundary + 1})
-            assert vote.verdict is (Verdict.REJECT if exposed else Verdict.ACCEPT), layers
-            seen.add(exposed)
+    for vote in run.votes:
+        challenge = run.sessions[vote.verifier_key].challenge
+        assert vote.verdict is (Verdict.REJECT if exposed(challenge) else Verdict.ACCEPT), challenge
+        seen.add(exposed(challenge))
     assert seen == {True, False}  # both cases were exercised
 
 

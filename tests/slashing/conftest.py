@@ -18,23 +18,41 @@ from bft.assembler import (
 )
 from bft.byzantine import DoubleVoteVerifier, make_byzantine_verifier
 from bft.messages import Verdict
-from executor.byzantine import make_byzantine_executor
-from tests.support import CHUNK_SIZE, NETWORK_ID, Network, Run, make_key
+from executor.byzantine import LayerTamperExecutor, make_byzantine_executor
+from executor.core import ExecutorCore
+from tests.support import (
+    CHUNK_SIZE,
+    NETWORK_ID,
+    Network,
+    Run,
+    find_one_catcher_by_layer,
+    make_key,
+    sees_layer_lie,
+)
+
+
+def byzantine_executor(net: Network, mode: str) -> ExecutorCore:
+    return make_byzantine_executor(
+        mode, make_key(f"slash-{mode}"), net.lm.model, net.lm.model_id, NETWORK_ID, CHUNK_SIZE
+    )
 
 
 def byzantine_run(net: Network, mode: str, request_id: bytes) -> Run:
     """Return the run against the byzantine executor ``mode``, confirmation round included."""
-    ex = make_byzantine_executor(
-        mode, make_key(f"slash-{mode}"), net.lm.model, net.lm.model_id, NETWORK_ID, CHUNK_SIZE
-    )
+    ex = byzantine_executor(net, mode)
     return net.run(net.request(request_id=request_id), ex, check_at_assembler=False)
 
 
 @pytest.fixture(scope="session")
 def fraud(net) -> Run:
     """One perturbed layer, caught by one member and confirmed by all four."""
-    run = byzantine_run(net, "perturb-layer", b"\xd3" * 16)
-    assert [v.verdict for v in run.votes].count(Verdict.REJECT) == 1  # (for this request id)
+    ex = byzantine_executor(net, "perturb-layer")
+    assert isinstance(ex, LayerTamperExecutor)
+    found = find_one_catcher_by_layer(net, ex, "slash-fraud")  # challenges: searched
+    run = net.run(found.request, ex, check_at_assembler=False)
+    for vote in run.votes:
+        sees = sees_layer_lie(found.challenges[vote.verifier_key], found.lied_layers)
+        assert vote.verdict is (Verdict.REJECT if sees else Verdict.ACCEPT)
     return run
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+from google.protobuf.message import DecodeError
+
+from bft.errors import ProtocolError
+from bft.validators import SignedValidatorSet
 from proto import convert
 from proto import verihive_pb2 as pb
+from slashing.records import SlashRecord
 from verihive.cli import infer_main, verify_main
 
 PROMPT = "What is the capital of France?"
@@ -87,23 +93,42 @@ def test_invalid_slash_files(capsys, tmp_path):
     garbage.write_bytes(b"\xff\x00not protobuf")
     assert verify_main(["slash", str(garbage)]) == 2
     assert verify_main(["slash", str(tmp_path / "missing.slash")]) == 2
-    # A flipped byte makes the file malformed or unprovable, or (in bytes no signature covers,
-    # such as the copy of the commitment inside the evidence's openings) leaves the record's
-    # meaning unchanged: what a valid file proves is fixed by the signatures. [SLASH.1]
-    original = _record_digests(bytes(data))
+    # A flipped byte makes the file unreadable (2) or changes a signed part or a signature (1,
+    # not proven), except in the one part no signature covers: the copy of the signed
+    # commitment that the REJECT's evidence carries in its opening response (read only as
+    # equivocation evidence, whose own signature is checked then [OPEN.4]). A flip there leaves
+    # what the file proves unchanged (0): that is fixed by the signatures. [SLASH.1]
+    # (Checked on every byte of such a file; 97 of them here.)
+    original = _meaning(bytes(data))
+    assert original is not None
     flipped = tmp_path / "flipped.slash"
+    wants = []
     for i in range(0, len(data), max(1, len(data) // 97)):
         bad = bytearray(data)
         bad[i] ^= 0x01
         flipped.write_bytes(bytes(bad))
-        code = verify_main(["slash", str(flipped)])
-        assert code in (0, 1, 2)
-        if code == 0:
-            assert _record_digests(bytes(bad)) == original
+        meaning = _meaning(bytes(bad))
+        want = 2 if meaning is None else 0 if meaning == original else 1
+        capsys.readouterr()
+        assert verify_main(["slash", str(flipped)]) == want, (i, capsys.readouterr().out)
+        wants.append(want)
+    assert wants.count(1) > len(wants) // 2, wants  # nearly every byte is signed
 
 
-def _record_digests(data: bytes) -> tuple[bytes, bytes]:
+def _meaning(data: bytes) -> tuple[SlashRecord, SignedValidatorSet] | None:
+    """Return the record and validator set ``data`` holds, without the unsigned copies of the
+    commitment in opening responses; ``None`` when ``data`` is not a well-formed slash file."""
     m = pb.SlashProof()
-    m.ParseFromString(data)
-    record, vset = convert.slash_from_pb(m)
-    return record.digest(), vset.digest
+    try:
+        m.ParseFromString(data)
+        record, vset = convert.slash_from_pb(m)
+    except (DecodeError, ProtocolError):
+        return None
+    votes = []
+    for v in record.votes:
+        ev = v.evidence
+        if ev is not None and ev.response is not None:
+            response = dataclasses.replace(ev.response, commitment=None)
+            v = dataclasses.replace(v, evidence=dataclasses.replace(ev, response=response))
+        votes.append(v)
+    return dataclasses.replace(record, votes=tuple(votes)), vset
