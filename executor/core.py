@@ -1,4 +1,4 @@
-"""The executor's protocol core: execute, commit, open. [COMMIT.1]-[COMMIT.6], [OPEN.1]-[OPEN.3]
+"""The executor's protocol core: execute, commit, open. [COMMIT.1]-[COMMIT.7], [OPEN.1]-[OPEN.3]
 
 No sockets, clocks or randomness here: the gRPC service in :mod:`verihive.services` calls in,
 from several threads; one execution per request runs at a time ([COMMIT.6]).
@@ -85,6 +85,8 @@ class ExecutorCore:
         self.max_stored = max_stored
         self._runs: OrderedDict[Digest, CommittedRun] = OrderedDict()
         self._by_request: OrderedDict[Digest, SignedCommitment] = OrderedDict()
+        self._by_commitment: OrderedDict[Digest, SignedCommitment] = OrderedDict()
+        """The remembered commitments of ``_by_request`` by commitment digest ([COMMIT.7])."""
         self._in_flight: dict[Digest, _Flight] = {}
         self._lock = threading.Lock()
 
@@ -234,8 +236,10 @@ class ExecutorCore:
         Call with the lock held.
         """
         self._by_request[digest] = signed
+        self._by_commitment[signed.digest] = signed
         while len(self._by_request) > MAX_REMEMBERED_REQUESTS:
-            self._by_request.popitem(last=False)
+            _, old = self._by_request.popitem(last=False)
+            self._by_commitment.pop(old.digest, None)
 
     def commit(self, request: InferenceRequest, output: list[int]) -> SignedCommitment:
         """Commit to ``request`` answered by ``output``: prefill, tiles, tree, sketch, sign."""
@@ -263,9 +267,7 @@ class ExecutorCore:
         )
         signed = SignedCommitment(commitment, self.key.sign(commitment.signing_root()))
         with self._lock:
-            self._runs[signed.digest] = CommittedRun(signed, tree)
-            while len(self._runs) > self.max_stored:
-                self._runs.popitem(last=False)
+            self._store_run(CommittedRun(signed, tree))
         return signed
 
     def compute_states(self, tokens: list[int]) -> npt.NDArray[np.float32]:
@@ -281,12 +283,43 @@ class ExecutorCore:
         return prompt + output
 
     def get_run(self, commitment_digest: Digest) -> CommittedRun:
-        """Return the stored run for ``commitment_digest`` or raise :class:`NotFound`."""
+        """Return the run for ``commitment_digest``, restoring an evicted one. [COMMIT.7]
+
+        Raise :class:`NotFound` for a commitment this executor does not remember.
+        """
         with self._lock:
             run = self._runs.get(commitment_digest)
-        if run is None:
+            signed = self._by_commitment.get(commitment_digest)
+        if run is not None:
+            return run
+        if signed is None:
             raise NotFound("no commitment with that digest is held here")
+        return self.restore_run(signed)
+
+    def restore_run(self, signed: SignedCommitment) -> CommittedRun:
+        """Recompute the tree of remembered commitment ``signed`` after its eviction. [COMMIT.7]
+
+        ``execute`` answers a repeated request with the commitment it signed ([COMMIT.5]) even
+        after its tree left the 64 kept ([COMMIT.4]); the proving prefill of its tokens gives
+        the tree again where the backend reproduces its own bits. Raise :class:`Unavailable`
+        when it does not: the openings cannot be had, and signing anew would equivocate.
+        """
+        c = signed.commitment
+        states = self.compute_states(list(c.tokens))
+        tree = ActivationTree(compute_tiles(states, c.chunk_size))
+        if tree.root != c.merkle_root or tree.size != c.num_leaves:
+            raise Unavailable("this commitment's tiles were evicted and do not recompute here")
+        run = CommittedRun(signed, tree)
+        with self._lock:
+            self._store_run(run)
         return run
+
+    def _store_run(self, run: CommittedRun) -> None:
+        """Keep ``run``'s tree (the newest ``max_stored``, oldest out first). Lock held."""
+        self._runs[run.signed.digest] = run
+        self._runs.move_to_end(run.signed.digest)
+        while len(self._runs) > self.max_stored:
+            self._runs.popitem(last=False)
 
     def on_open(self, commitment_digest: Digest, tiles: tuple[TileRef, ...]) -> OpeningResponse:
         """Return the signed openings of ``tiles`` for ``commitment_digest``. [OPEN.1]"""
