@@ -136,10 +136,15 @@ def test_old_commitments_are_evicted_after_max_stored(net):
     ex = ExecutorCore(net.executor_key, net.backend, net.lm.model_id, NETWORK_ID, CHUNK_SIZE, 2)
     short = SamplingParams(max_new_tokens=1)
     signed = [ex.on_execute(net.request(bytes([i]) * 16, PROMPT[:4], short)) for i in range(3)]
-    with pytest.raises(NotFound):
-        ex.on_open(signed[0].digest, (TileRef(0, 0),))
+    assert ex.get_held_commitments() == signed[1:]
     for s in signed[1:]:
         ex.on_open(s.digest, (TileRef(0, 0),))
+    # [COMMIT.7]: an evicted but remembered commitment is recomputed, kept as the newest
+    # (evicting the next oldest), and opened; one never signed here is NotFound.
+    ex.on_open(signed[0].digest, (TileRef(0, 0),))
+    assert ex.get_held_commitments() == [signed[2], signed[0]]
+    with pytest.raises(NotFound):
+        ex.on_open(Digest(b"\x01" * 32), (TileRef(0, 0),))
 
 
 # --- honest and byzantine executors against the verifiers
