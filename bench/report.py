@@ -17,11 +17,14 @@ def _machine(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}"
 
 
-def render_detection(d: dict[str, Any]) -> list[str]:
+def render_detection(
+    d: dict[str, Any], title: str = "## Detection rates (`bench/detection.py`)", note: str = ""
+) -> list[str]:
     s = d["sampling"]
     lines = [
-        "## Detection rates (`bench/detection.py`)",
+        title,
         "",
+        *([note, ""] if note else []),
         f"Model {d['model']}; {d['modes'][0]['requests'] if d['modes'] else 0} requests per mode; "
         f"policy k = {d['policy']['k']} layers and m = {d['policy']['m']} sampler positions per "
         f"verifier, sketch check with probability q = {d['policy'].get('q', 0):g} per verifier, "
@@ -69,6 +72,29 @@ def render_detection(d: dict[str, Any]) -> list[str]:
     else:
         lines += ["### Honest runs", "", "Not measured in this run (`--honest 0`).", ""]
     return lines
+
+
+def render_rerun(before: dict[str, Any]) -> list[str]:
+    """Return the section of ``detection-cal3.json``: the re-run after the [CAL.3] bands."""
+    path = RESULTS / "detection-cal3.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    old, new = before["thresholds"], d["thresholds"]
+    changed = "; ".join(
+        f"{c} accept_max {old[c]['accept_max']:.3g} -> {new[c]['accept_max']:.3g}, reject_min "
+        f"{old[c]['reject_min']:.3g} -> {new[c]['reject_min']:.3g}"
+        for c in ("layer", "embedding", "sampler", "sequence")
+        if old[c] != new[c]
+    )
+    note = (
+        "The cross-kernel calibration ([CAL.3], `docs/calibration.md`) widened a band, so the "
+        "modes the layer band judges (the one-layer cheats and the weakest whole-run layer "
+        f"cheats) and honest runs were measured again with the new bands ({changed}). "
+        "Raw numbers: `bench/results/detection-cal3.json`."
+    )
+    title = "## Re-run with the cross-kernel bands (`bench/detection.py --out detection-cal3`)"
+    return render_detection(d, title, note)
 
 
 def render_certainty(c: dict[str, Any]) -> list[str]:
@@ -183,6 +209,7 @@ def main() -> None:
         "`docs/calibration.md`.",
         "",
         *render_detection(det),
+        *render_rerun(det),
         *render_certainty(cer),
         *render_sketch(json.loads((RESULTS / "sketch.json").read_text())),
         "## Defaults and why",
