@@ -3,9 +3,10 @@
 For every ordered pair (executor set X, verifier set Y), X != Y, of the kernel sets this CPU
 offers (:mod:`bench.kernels`: avx512, avx2, default): an honest SmolLM2 executor serves over
 gRPC on loopback from a process under X; a process under Y sends it ``--runs`` requests (odd
-ones at temperature 0.7, 16 tokens) and verifies each through a committee of 4 verifiers with the
-calibrated bands (k = 2, m = 4, and the whole-sequence check on every verifier: q = 1), fetching
-openings over gRPC. Any REJECT is a false reject; a grey measurement escalates. [CAL.3]
+ones at temperature 0.7, 16 tokens, prompts held out from the calibration) and verifies each
+through a committee of 4 verifiers with the calibrated bands (k = 2, m = 4, and the
+whole-sequence check on every verifier: q = 1), fetching openings over gRPC. Any REJECT is a
+false reject; a grey measurement escalates. [CAL.3]
 
 Run: ``./dev python -m bench.crosskernel [--runs 300]``; writes ``bench/results/crosskernel.json``
 and ``docs/crosskernel.md``.
@@ -138,7 +139,8 @@ def write_markdown(payload: dict[str, Any]) -> None:
         "verifiers under another set checks every request with the calibrated bands "
         "(`executor/thresholds/torch-cpu-float32/torch-cpu-float32.json`), k = 2 layers, m = 4 "
         "sampler positions and the whole-sequence check on every verifier (q = 1). SmolLM2, 16 "
-        "output tokens, temperature 0 and 0.7 alternating.",
+        "output tokens, temperature 0 and 0.7 alternating, 8 prompts none of which the bands "
+        "were calibrated on (`bench/kernels.py` `HELD_OUT_PROMPTS`).",
         "",
         f"**{t['rejects']} false rejects** in {t['runs']} runs ({t['votes']} votes); "
         f"{t['certified']} certified; {t['escalated']} escalations; {t['unavailable']} "

@@ -17,8 +17,9 @@ rates are compared with a z-score.
 ``--honest`` runs honest executors whose states come from each noise source of
 ``bench.calibrate`` in turn, and counts false rejects.
 
-Run: ``./dev python -m bench.detection [--requests 100] [--honest 1000]``; writes
-``bench/results/detection.json``; ``docs/detection.md`` quotes it.
+Run: ``./dev python -m bench.detection [--requests 100] [--honest 1000] [--modes a,b]
+[--out NAME]``; writes ``bench/results/detection.json`` (``NAME.json``); ``docs/detection.md``
+quotes it.
 """
 
 from __future__ import annotations
@@ -213,6 +214,11 @@ def main() -> None:
     p.add_argument("--honest", type=int, default=1000)
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--tokens", type=int, default=SAMPLING.max_new_tokens, help="output tokens")
+    p.add_argument(
+        "--out",
+        default="detection",
+        help="result name: bench/results/<out>.json (a partial re-run keeps the full table)",
+    )
     args = p.parse_args()
     sampling = dataclasses.replace(SAMPLING, max_new_tokens=args.tokens)
     h = Harness()
@@ -259,12 +265,13 @@ def main() -> None:
         print(f"{mode:20s} caught {caught:3d}/{n} ({caught / n:.3f}){extra}  {checks}", flush=True)
         del ex
     modes_run = [m for m in args.modes.split(",") if m]
-    if not modes_run and RESULT_PATH.exists():  # an honest-only run keeps the measured modes
-        previous = json.loads(RESULT_PATH.read_text())
+    result_path = RESULT_PATH.with_name(f"{args.out}.json")
+    if not modes_run and result_path.exists():  # an honest-only run keeps the measured modes
+        previous = json.loads(result_path.read_text())
         rows, sampling = previous["modes"], SamplingParams(**previous["sampling"])
     honest = run_honest(h, args.honest)
     write_results(
-        "detection",
+        args.out,
         {
             "machine": describe_machine(),
             "model": h.loaded.name,

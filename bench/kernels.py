@@ -185,6 +185,17 @@ def cmd_measure(requests_path: str, proofs_path: str, out_path: str, dtype: str)
 
 
 NETWORK = "crosskernel"
+HELD_OUT_PROMPTS = [
+    "Name two rivers in Africa and the seas they flow into.",
+    "Write a limerick about a cat who learns to code.",
+    "Why is the sky blue? Answer in two sentences.",
+    "Give three tips for keeping houseplants alive in winter.",
+    "What is the difference between weather and climate?",
+    "Describe how a bicycle gear works to a ten-year-old.",
+    "Summarise the plot of a heist film you invent, in three lines.",
+    "Convert 72 degrees Fahrenheit to Celsius and show the steps.",
+]
+"""Prompts of the cross-kernel runs: none of them is one the bands were calibrated on."""
 
 
 def verifier_keys(seed: str) -> list[Any]:
@@ -225,7 +236,6 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
     """Run ``runs`` requests on the executor at ``address``; write each verifier's vote."""
     import grpc
 
-    from bench.calibrate import PROMPTS
     from bft.assembler import (
         AssemblerPolicy,
         Outcome,
@@ -284,7 +294,7 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
                 return_dict=False,
             )
         )
-        for p in PROMPTS
+        for p in HELD_OUT_PROMPTS
     ]
     channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
     stub = pb_grpc.ExecutorStub(channel)
