@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Collection
+import threading
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,3 +385,27 @@ def find_one_catcher_by_layer(net: Network, executor: LayerTamperExecutor, label
     assert net.backend.info.num_layers == 4
     catch = miss = 2 / 4 * (1 - 0.1)
     return find_execution(net, executor, label, 4 * catch * miss**3, has_one_catcher_by_layer)
+
+
+def run_together(calls: Sequence[Callable[[], Any]], timeout_s: float = 600.0) -> list[Any]:
+    """Run ``calls`` on one thread each, released together by a barrier; return each result.
+
+    A call that raises leaves its exception in its place, for the test to inspect.
+    """
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # the test inspects what each caller got
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    assert not any(t.is_alive() for t in threads), "a call never returned"
+    return results

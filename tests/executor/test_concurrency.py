@@ -23,7 +23,7 @@ from executor.backend import TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.byzantine import EquivocateExecutor
 from executor.core import ExecutorCore
-from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, get_tiny, make_key
+from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, get_tiny, make_key, run_together
 
 SAMPLED = SamplingParams(temperature=1.0, max_new_tokens=4, stop_at_eos=False)
 THREADS = 16
@@ -100,27 +100,6 @@ def make_request(tag: int, prompt: tuple[int, ...] = tuple(range(100, 120))) -> 
     return get_network().request(
         request_id=bytes([tag]) * 16, prompt=prompt, sampling=SAMPLED, sequence_check_ppm=0
     )
-
-
-def run_together(calls: Sequence[Callable[[], Any]]) -> list[Any]:
-    """Run ``calls`` on one thread each, released together; return each result or exception."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as exc:  # the test inspects what each caller got
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a call never returned"
-    return results
 
 
 def held(core: ExecutorCore, calls: Sequence[Callable[[], Any]]) -> list[Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -32,6 +32,7 @@ from executor.model import LoadedModel
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from tests.support import run_together
 from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
 
@@ -56,27 +57,6 @@ class UlpNoiseBackend(TorchBackend):
         if odd:  # the last position's state: no sampled position reads it
             states[-1, -1, 0] = np.nextafter(states[-1, -1, 0], np.float32(np.inf))
         return states
-
-
-def run_together(calls: Sequence[Callable[[], Any]]) -> list[Any]:
-    """Run ``calls`` on one thread each, released together by a barrier; return the results."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            results[i] = calls[i]()
-        except Exception as exc:  # the test inspects what each caller got
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=600)
-    assert not any(t.is_alive() for t in threads), "a call never returned"
-    return results
 
 
 def audit_votes(
