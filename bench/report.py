@@ -82,15 +82,27 @@ def render_rerun(before: dict[str, Any]) -> list[str]:
     d = json.loads(path.read_text())
     old, new = before["thresholds"], d["thresholds"]
     changed = "; ".join(
-        f"{c} accept_max {old[c]['accept_max']:.3g} -> {new[c]['accept_max']:.3g}, reject_min "
-        f"{old[c]['reject_min']:.3g} -> {new[c]['reject_min']:.3g}"
+        f"{c} {bound} {old[c][bound]:.3g} -> {new[c][bound]:.3g}"
         for c in ("layer", "embedding", "sampler", "sequence")
-        if old[c] != new[c]
+        for bound in ("accept_max", "reject_min")
+        if abs(new[c][bound] - old[c][bound]) > 1e-3 * max(abs(old[c][bound]), 1e-30)
+    )
+    partial_ok = all(abs(r["z"]) < 2 for r in d["modes"] if "z" in r)
+    whole_ok = all(r["caught"] == r["requests"] for r in d["modes"] if not r["partial"])
+    cost = (
+        "Cost: none measurable: "
+        if partial_ok and whole_ok and d["honest"]["false_rejects"] == 0
+        else "Cost: "
+    ) + (
+        f"every partial cheat within |z| < 2 of the model: {'yes' if partial_ok else 'no'}; "
+        f"every whole-run cheat caught on every request: {'yes' if whole_ok else 'no'}; "
+        f"{d['honest']['false_rejects']} false rejects in {d['honest']['total']} honest runs."
     )
     note = (
         "The cross-kernel calibration ([CAL.3], `docs/calibration.md`) widened a band, so the "
-        "modes the layer band judges (the one-layer cheats and the weakest whole-run layer "
-        f"cheats) and honest runs were measured again with the new bands ({changed}). "
+        "modes the changed bands judge (the one-layer cheats, the weakest whole-run layer "
+        "cheats and the sampler cheats) and honest runs were measured again with the new bands "
+        f"({changed}). {cost} "
         "Raw numbers: `bench/results/detection-cal3.json`."
     )
     title = "## Re-run with the cross-kernel bands (`bench/detection.py --out detection-cal3`)"
