@@ -103,6 +103,11 @@ class Backend(Protocol):
         ...
 
 
+STATEFUL_ROPE_TYPES = frozenset({"dynamic", "longrope"})
+"""RoPE types whose rotary embedding rewrites its frequencies during a call: not re-entrant,
+so a backend refuses them ([EXEC.9])."""
+
+
 class TorchBackend:
     """A HuggingFace Llama-family model run with torch, on the CPU or a CUDA GPU. [EXEC.4]
 
@@ -123,6 +128,9 @@ class TorchBackend:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> None:
+        rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
+        if rope_type in STATEFUL_ROPE_TYPES:
+            raise ValueError(f"RoPE type {rope_type!r} is not re-entrant; unsupported [EXEC.9]")
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())

@@ -10,6 +10,7 @@ the reference of the single-threaded results ([EXEC.1], [SAMPLE.6]).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from transformers import DynamicCache
 
 from bft.encoding import sha256
 from bft.messages import SamplingParams
-from executor.backend import TorchBackend
+from executor.backend import STATEFUL_ROPE_TYPES, TorchBackend
 from executor.model import LoadedModel
 from tests.support import get_tiny
 
@@ -236,3 +237,13 @@ def test_layer_update_is_the_hooked_update_and_the_output_is_run_layers(any_dtyp
             assert out.dtype == update.dtype == np.float32
             assert np.array_equal(out, any_dtype.run_layer(layer, x))
             assert np.array_equal(update, hooked_update(any_dtype, layer, x))
+
+
+@pytest.mark.parametrize("rope_type", sorted(STATEFUL_ROPE_TYPES))
+def test_invalid_stateful_rope_type_is_refused(rope_type):
+    # [EXEC.9]: a rotary embedding that rewrites its frequencies during a call is not re-entrant.
+    lm, _ = get_tiny()
+    model = copy.deepcopy(lm.model)
+    model.model.rotary_emb.rope_type = rope_type
+    with pytest.raises(ValueError, match="not re-entrant"):
+        TorchBackend(model)
