@@ -37,6 +37,7 @@ from bft.messages import (
     OpeningResponse,
     SamplingParams,
     SignedCommitment,
+    Verdict,
     Vote,
     compute_challenge_message,
 )
@@ -385,6 +386,14 @@ def find_one_catcher_by_layer(net: Network, executor: LayerTamperExecutor, label
     assert net.backend.info.num_layers == 4
     catch = miss = 2 / 4 * (1 - 0.1)
     return find_execution(net, executor, label, 4 * catch * miss**3, has_one_catcher_by_layer)
+
+
+def check_votes_follow_challenges(run: Run, found: Execution) -> None:
+    """Check that each vote of ``run`` REJECTs exactly when its member's challenge in ``found``
+    reaches the lied layers (:func:`sees_layer_lie`), and ACCEPTs otherwise."""
+    for vote in run.votes:
+        sees = sees_layer_lie(found.challenges[vote.verifier_key], found.lied_layers)
+        assert vote.verdict is (Verdict.REJECT if sees else Verdict.ACCEPT), vote.verifier_key
 
 
 def run_together(calls: Sequence[Callable[[], Any]], timeout_s: float = 600.0) -> list[Any]:

@@ -45,10 +45,10 @@ from tests.support import (
     NETWORK_ID,
     Network,
     Run,
+    check_votes_follow_challenges,
     find_one_catcher_by_layer,
     make_key,
     resign_vote,
-    sees_layer_lie,
 )
 
 
@@ -70,9 +70,7 @@ def perturbed(net) -> Run:
     assert isinstance(ex, LayerTamperExecutor)
     found = find_one_catcher_by_layer(net, ex, "confirm-perturbed")  # challenges: searched
     run = byzantine_run(net, ex, found.request)
-    for vote in run.votes:
-        sees = sees_layer_lie(found.challenges[vote.verifier_key], found.lied_layers)
-        assert vote.verdict is (Verdict.REJECT if sees else Verdict.ACCEPT)
+    check_votes_follow_challenges(run, found)
     return run
 
 

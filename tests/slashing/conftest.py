@@ -25,9 +25,9 @@ from tests.support import (
     NETWORK_ID,
     Network,
     Run,
+    check_votes_follow_challenges,
     find_one_catcher_by_layer,
     make_key,
-    sees_layer_lie,
 )
 
 
@@ -50,9 +50,7 @@ def fraud(net) -> Run:
     assert isinstance(ex, LayerTamperExecutor)
     found = find_one_catcher_by_layer(net, ex, "slash-fraud")  # challenges: searched
     run = net.run(found.request, ex, check_at_assembler=False)
-    for vote in run.votes:
-        sees = sees_layer_lie(found.challenges[vote.verifier_key], found.lied_layers)
-        assert vote.verdict is (Verdict.REJECT if sees else Verdict.ACCEPT)
+    check_votes_follow_challenges(run, found)
     return run
 
 
