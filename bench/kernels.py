@@ -17,7 +17,9 @@ kernel set's environment; requests travel as the protocol's own protobuf bytes):
 - ``verify ADDRESS RUNS OUT``: run ``RUNS`` requests against that executor through a committee
   of 4 verifiers with the calibrated bands, fetching openings over gRPC; write every vote.
 
-Run: ``./dev python -m bench.kernels sets`` lists the sets this CPU offers.
+Run: ``./dev python -m bench.kernels sets`` lists the sets this CPU offers, widest first;
+``env SET`` prints a set's environment; ``SET check`` checks that torch takes it
+(``tools/ci/kernels.sh`` re-runs tests under every set but the widest with these).
 """
 
 from __future__ import annotations
@@ -357,6 +359,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "sets":
         print(" ".join(get_kernel_sets()))
         return
+    if len(sys.argv) > 2 and sys.argv[1] == "env":  # KEY=VALUE lines, for shell scripts
+        print("\n".join(f"{k}={v}" for k, v in KERNEL_SETS[sys.argv[2]]["env"].items()))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("kernel_set", choices=sorted(KERNEL_SETS))
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -369,6 +374,7 @@ def main() -> None:
     s.add_argument("requests")
     s.add_argument("proofs")
     s.add_argument("out")
+    sub.add_parser("check", help="only check that torch runs this kernel set")
     s = sub.add_parser("executor")
     s.add_argument("--seed", default="0")
     s = sub.add_parser("verify")
@@ -383,6 +389,8 @@ def main() -> None:
         cmd_prove(args.requests, args.out, args.dtype)
     elif args.cmd == "measure":
         cmd_measure(args.requests, args.proofs, args.out, args.dtype)
+    elif args.cmd == "check":
+        return
     elif args.cmd == "executor":
         cmd_executor(args.seed)
     else:

@@ -2,14 +2,14 @@
 # Re-runs the challenge-sensitive tests under torch's other CPU kernels. (style rule 14a)
 #
 # A verifier's challenge is seeded by its signature over the commitment digest, so it hangs on
-# the float bits of the tiny model's hidden states, and those differ between torch's CPU kernel
-# variants (AVX512, AVX2, the portable "default" ones). The tests below derive what should
+# the float bits of the tiny model's hidden states, and those differ between CPU kernel sets
+# (bench/kernels.py: ATen, MKL and oneDNN capped at AVX512, AVX2 or the portable "default"). The tests below derive what should
 # happen from the actual challenges; running them under each variant this CPU has, besides the
 # one torch picks (the plain `./dev test` run), proves that they do.
 #
 #   tools/ci/kernels.sh [pytest args]    from anywhere; uses the repository's .venv
 #
-# Runs ATEN_CPU_CAPABILITY=default always, and ATEN_CPU_CAPABILITY=avx2 when the CPU has AVX2.
+# On an AVX512 CPU: the avx2 and default sets; on an AVX2 CPU: default; elsewhere: none.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,16 +28,15 @@ FILES=(
     tests/slashing
 )
 
-capabilities=(default)
-if grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
-    capabilities+=(avx2)
-fi
-for capability in "${capabilities[@]}"; do
-    echo "kernels: ATEN_CPU_CAPABILITY=$capability" >&2
+# The kernel sets this CPU offers, widest first (bench/kernels.py, [CAL.3]): the widest is the
+# one torch picks by itself, which the plain run already covered.
+read -r -a sets <<< "$(.venv/bin/python -m bench.kernels sets)"
+for set in "${sets[@]:1}"; do
+    mapfile -t kernel_env < <(.venv/bin/python -m bench.kernels env "$set")
+    echo "kernels: $set (${kernel_env[*]})" >&2
     # torch falls back silently on a name it does not know: check that it took this one.
-    ATEN_CPU_CAPABILITY=$capability .venv/bin/python -c \
-        'import sys, torch; sys.exit(torch.backends.cpu.get_cpu_capability().lower() != sys.argv[1])' \
-        "$capability" || { echo "kernels: torch did not take $capability" >&2; exit 1; }
-    ATEN_CPU_CAPABILITY=$capability .venv/bin/python -m pytest -m "not gpu and not multihost" \
+    env "${kernel_env[@]}" .venv/bin/python -m bench.kernels "$set" check ||
+        { echo "kernels: torch did not take $set" >&2; exit 1; }
+    env "${kernel_env[@]}" .venv/bin/python -m pytest -m "not gpu and not multihost" \
         -p no:cacheprovider "$@" "${FILES[@]}"
 done
