@@ -49,9 +49,10 @@ from bft.assembler import (
 )
 from bft.crypto import SigningKey
 from bft.errors import ProtocolError
-from bft.messages import InferenceRequest, SamplingParams, Vote
+from bft.messages import InferenceRequest, OpeningResponse, SamplingParams, SignedCommitment, Vote
+from bft.types import NodeId
 from bft.validators import ValidatorSet
-from bft.verifier import VerifierCore
+from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.byzantine import MODES, PARTIAL_MODES, make_byzantine_executor
 from executor.core import ExecutorCore
@@ -68,12 +69,19 @@ SAMPLING = SamplingParams(temperature=0.7, max_new_tokens=8, stop_at_eos=False)
 class Harness:
     """A committee of verifiers over SmolLM2 and a request factory."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        network: str = NETWORK,
+        keys: list[SigningKey] | None = None,
+        policy: AssemblerPolicy | None = None,
+        prompts: list[str] = PROMPTS,
+    ) -> None:
+        """Build the committee of ``keys`` (4 fresh ones by default) under ``policy``."""
         self.loaded = load_smollm2()
         self.backend = TorchBackend(self.loaded.model)
         self.thresholds = load_thresholds()
-        keys = [SigningKey.generate() for _ in range(4)]
-        self.validators = ValidatorSet.of_keys(NETWORK, (k.public_key for k in keys))
+        keys = keys or [SigningKey.generate() for _ in range(4)]
+        self.validators = ValidatorSet.of_keys(network, (k.public_key for k in keys))
         info = self.backend.info
         self.verifiers = {
             k.public_key: VerifierCore(
@@ -82,12 +90,12 @@ class Harness:
                 self.loaded.model_id,
                 info.num_layers,
                 info.hidden_size,
-                NETWORK,
+                network,
                 self.thresholds,
             )
             for k in keys
         }
-        self.policy = AssemblerPolicy(NETWORK)
+        self.policy = policy or AssemblerPolicy(network)
         self.prompts = [
             tuple(
                 self.loaded.tokenizer.apply_chat_template(
@@ -97,13 +105,16 @@ class Harness:
                     return_dict=False,
                 )
             )
-            for p in PROMPTS
+            for p in prompts
         ]
 
-    def request(self, i: int, sampling: SamplingParams = SAMPLING) -> InferenceRequest:
+    def request(
+        self, i: int, sampling: SamplingParams = SAMPLING, request_id: bytes | None = None
+    ) -> InferenceRequest:
+        """Return request ``i`` (prompt ``i`` mod their number); a random id by default."""
         return compute_request(
             self.policy,
-            os.urandom(16),
+            request_id or os.urandom(16),
             self.loaded.model_id,
             self.prompts[i % len(self.prompts)],
             sampling,
@@ -113,19 +124,33 @@ class Harness:
     def run(self, ex: ExecutorCore, request: InferenceRequest) -> tuple[bool, list[Vote], Any]:
         """Return (certified, votes, signed commitment) for one request on ``ex``."""
         signed = ex.on_execute(request)
+        certified, votes = self.verify(
+            request,
+            signed,
+            ex.key.node_id,
+            lambda s: ex.on_open(signed.digest, s.challenge.required_tiles()),
+        )
+        return certified, votes, signed
+
+    def verify(
+        self,
+        request: InferenceRequest,
+        signed: SignedCommitment,
+        executor_id: NodeId,
+        fetch: Callable[[Session], OpeningResponse],
+    ) -> tuple[bool, list[Vote]]:
+        """Return (certified, votes) of the committee on ``signed``; ``fetch`` opens tiles."""
         try:
-            check_commitment(request, signed, ex.key.node_id)
+            check_commitment(request, signed, executor_id)
         except ProtocolError:
-            return False, [], signed
+            return False, []
         tally = compute_tally(request, signed, self.validators)
         votes = []
         for pk in tally.committee:
-            result = self.verifiers[pk].run(
-                request, signed, lambda s: ex.on_open(signed.digest, s.challenge.required_tiles())
-            )
+            result = self.verifiers[pk].run(request, signed, fetch)
             votes.append(result)
             tally = process_vote(tally, result)
-        return get_final_outcome(tally) is Outcome.CERTIFIED, votes, signed
+        return get_final_outcome(tally) is Outcome.CERTIFIED, votes
 
     def committed_states(self, ex: ExecutorCore, signed: Any) -> np.ndarray:
         c = signed.commitment

@@ -238,24 +238,13 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
     """Run ``runs`` requests on the executor at ``address``; write each verifier's vote."""
     import grpc
 
-    from bft.assembler import (
-        AssemblerPolicy,
-        Outcome,
-        check_commitment,
-        compute_request,
-        compute_tally,
-        get_final_outcome,
-        process_vote,
-    )
+    from bench.detection import Harness
+    from bft.assembler import AssemblerPolicy
     from bft.crypto import compute_node_id
     from bft.errors import Unavailable
     from bft.messages import OpeningResponse, SamplingParams
     from bft.types import PublicKey
-    from bft.validators import ValidatorSet
-    from bft.verifier import Session, VerifierCore
-    from executor.backend import TorchBackend
-    from executor.model import load_smollm2
-    from executor.thresholds import load_thresholds
+    from bft.verifier import Session
     from proto import convert
     from proto import verihive_pb2 as pb
     from proto import verihive_pb2_grpc as pb_grpc
@@ -267,89 +256,54 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
         make_channel,
     )
 
-    loaded = load_smollm2()
-    backend = TorchBackend(loaded.model)
-    thresholds = load_thresholds()
-    keys = verifier_keys(seed)
-    validators = ValidatorSet.of_keys(NETWORK, (k.public_key for k in keys))
-    info = backend.info
-    verifiers = {
-        k.public_key: VerifierCore(
-            k,
-            backend,
-            loaded.model_id,
-            info.num_layers,
-            info.hidden_size,
-            NETWORK,
-            thresholds,
-        )
-        for k in keys
-    }
     # Every verifier draws the whole-sequence check (q = 1): all four checks on every run.
     policy = AssemblerPolicy(NETWORK, sequence_check_ppm=1_000_000)
-    prompts = [
-        tuple(
-            loaded.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
-        for p in HELD_OUT_PROMPTS
-    ]
+    h = Harness(NETWORK, verifier_keys(seed), policy, HELD_OUT_PROMPTS)
     channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
     stub = pb_grpc.ExecutorStub(channel)
-    executor_key = PublicKey(
-        stub.GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S).public_key
-    )
+    info = stub.GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
+    executor_id = compute_node_id(PublicKey(info.public_key))
     results = []
     for i in range(runs):
-        rid = hashlib.sha256(f"{NETWORK}-{seed}-{label}-{i}".encode()).digest()[:16]
         sampling = SamplingParams(
             temperature=0.0 if i % 2 == 0 else 0.7,
             top_p=0.95 if i % 4 == 3 else 1.0,
             max_new_tokens=16,
             stop_at_eos=False,
         )
-        request = compute_request(
-            policy, rid, loaded.model_id, prompts[i % len(prompts)], sampling, validators
-        )
+        rid = hashlib.sha256(f"{NETWORK}-{seed}-{label}-{i}".encode()).digest()[:16]
+        request = h.request(i, sampling, request_id=rid)
         raw = stub.Execute(
             pb.ExecuteRequest(request=convert.request_to_pb(request)), timeout=EXECUTE_TIMEOUT_S
         )
         signed = convert.commitment_from_pb(raw.commitment)
-        check_commitment(request, signed, compute_node_id(executor_key))
-        tally = compute_tally(request, signed, validators)
 
         def fetch(session: Session, digest: bytes = signed.digest) -> OpeningResponse:
-            tiles = session.challenge.required_tiles()
-            m = pb.OpenRequest(
-                commitment_digest=digest, tiles=[convert.tile_to_pb(t) for t in tiles]
-            )
+            tiles = [convert.tile_to_pb(t) for t in session.challenge.required_tiles()]
+            m = pb.OpenRequest(commitment_digest=digest, tiles=tiles)
             try:
                 return convert.opening_response_from_pb(stub.Open(m, timeout=OPEN_TIMEOUT_S))
             except grpc.RpcError as exc:
                 raise Unavailable(exc.code().name) from exc
 
-        votes = []
-        for pk in tally.committee:
-            vote = verifiers[pk].run(request, signed, fetch)
-            tally = process_vote(tally, vote)
-            votes.append(
-                {
-                    "verdict": vote.verdict.name,
-                    "escalated": vote.escalated,
-                    "layer": vote.max_error,
-                    "embedding": vote.embedding_max_error,
-                    "sampler": vote.max_margin,
-                    "sequence": vote.sequence_check.mismatch if vote.sequence_check else None,
-                    "reason": vote.reason,
-                }
-            )
-        outcome = get_final_outcome(tally)
+        certified, votes = h.verify(request, signed, executor_id, fetch)
         results.append(
-            {"run": i, "certified": outcome is Outcome.CERTIFIED, "votes": votes}
+            {
+                "run": i,
+                "certified": certified,
+                "votes": [
+                    {
+                        "verdict": vote.verdict.name,
+                        "escalated": vote.escalated,
+                        "layer": vote.max_error,
+                        "embedding": vote.embedding_max_error,
+                        "sampler": vote.max_margin,
+                        "sequence": vote.sequence_check.mismatch if vote.sequence_check else None,
+                        "reason": vote.reason,
+                    }
+                    for vote in votes
+                ],
+            }
         )
     channel.close()
     Path(out_path).write_text(json.dumps(results) + "\n")
