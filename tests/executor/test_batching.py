@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Sequence
 
 import pytest
@@ -14,7 +13,7 @@ from bft.messages import SamplingParams
 from executor.backend import TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.core import ExecutorCore
-from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, make_key
+from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, make_key, run_together
 
 SAMPLED = SamplingParams(temperature=0.9, top_p=0.9, max_new_tokens=6, stop_at_eos=False)
 
@@ -51,20 +50,7 @@ def requests(n: int, tag: int) -> list:
 
 
 def run_concurrently(batcher: ExecutionBatcher, reqs: list) -> list:
-    results: list = [None] * len(reqs)
-
-    def call(i: int) -> None:
-        try:
-            results[i] = batcher.on_execute(reqs[i])
-        except Exception as exc:  # the test inspects what each caller got
-            results[i] = exc
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(reqs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
+    return run_together([lambda r=r: batcher.on_execute(r) for r in reqs], timeout_s=120)
 
 
 def test_concurrent_requests_become_one_batch_with_the_same_commitments():
