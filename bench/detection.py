@@ -18,8 +18,9 @@ rates are compared with a z-score.
 ``bench.calibrate`` in turn, and counts false rejects.
 
 Run: ``./dev python -m bench.detection [--requests 100] [--honest 1000] [--modes a,b]
-[--out NAME]``; writes ``bench/results/detection.json`` (``NAME.json``); ``docs/detection.md``
-quotes it.
+[--out NAME] [--seed S]``; writes ``bench/results/detection.json`` (``NAME.json``);
+``docs/detection.md`` quotes it. Keys and request ids come from ``--seed`` (default 0), so a
+re-run on one machine gives the same table.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import argparse
 import dataclasses
 import json
 import math
-import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ from bft.assembler import (
     process_vote,
 )
 from bft.crypto import SigningKey
+from bft.encoding import sha256
 from bft.errors import ProtocolError
 from bft.messages import InferenceRequest, OpeningResponse, SamplingParams, SignedCommitment, Vote
 from bft.types import NodeId
@@ -75,12 +77,15 @@ class Harness:
         keys: list[SigningKey] | None = None,
         policy: AssemblerPolicy | None = None,
         prompts: list[str] = PROMPTS,
+        seed: int = 0,
     ) -> None:
-        """Build the committee of ``keys`` (4 fresh ones by default) under ``policy``."""
+        """Build the committee of ``keys`` (4 seeded ones by default) under ``policy``."""
         self.loaded = load_smollm2()
         self.backend = TorchBackend(self.loaded.model)
         self.thresholds = load_thresholds()
-        keys = keys or [SigningKey.generate() for _ in range(4)]
+        self.seed = seed
+        self.rng = random.Random(seed)
+        keys = keys or [self.key(f"verifier-{i}") for i in range(4)]
         self.validators = ValidatorSet.of_keys(network, (k.public_key for k in keys))
         info = self.backend.info
         self.verifiers = {
@@ -111,15 +116,19 @@ class Harness:
     def request(
         self, i: int, sampling: SamplingParams = SAMPLING, request_id: bytes | None = None
     ) -> InferenceRequest:
-        """Return request ``i`` (prompt ``i`` mod their number); a random id by default."""
+        """Return request ``i`` (prompt ``i`` mod their number); a seeded id by default."""
         return compute_request(
             self.policy,
-            request_id or os.urandom(16),
+            request_id or self.rng.randbytes(16),
             self.loaded.model_id,
             self.prompts[i % len(self.prompts)],
             sampling,
             self.validators,
         )
+
+    def key(self, label: str) -> SigningKey:
+        """Return the key named ``label`` under this harness's seed."""
+        return SigningKey.from_seed(sha256(f"detection/{self.seed}/{label}".encode()))
 
     def run(self, ex: ExecutorCore, request: InferenceRequest) -> tuple[bool, list[Vote], Any]:
         """Return (certified, votes, signed commitment) for one request on ``ex``."""
@@ -244,15 +253,16 @@ def main() -> None:
         default="detection",
         help="result name: bench/results/<out>.json (a partial re-run keeps the full table)",
     )
+    p.add_argument("--seed", type=int, default=0, help="seed of keys and request ids")
     args = p.parse_args()
     sampling = dataclasses.replace(SAMPLING, max_new_tokens=args.tokens)
-    h = Harness()
+    h = Harness(seed=args.seed)
     start = time.time()
     rows = []
     for mode in [m for m in args.modes.split(",") if m]:
         ex = make_byzantine_executor(
             mode,
-            SigningKey.generate(),
+            h.key(f"executor-{mode}"),
             h.loaded.model,
             h.loaded.model_id,
             NETWORK,
@@ -319,6 +329,7 @@ def main() -> None:
             },
             "modes": rows,
             "honest": honest,
+            "seed": args.seed,
             "seconds": time.time() - start,
         },
     )
@@ -335,7 +346,7 @@ def run_honest(h: Harness, total: int) -> dict[str, Any]:
     per: dict[str, dict[str, int]] = {}
     executors = {
         name: NoisyExecutor(
-            SigningKey.generate(), h.backend, h.loaded.model_id, NETWORK, prove=prove
+            h.key(f"honest-{name}"), h.backend, h.loaded.model_id, NETWORK, prove=prove
         )
         for name, prove in sources.items()
     }
