@@ -39,20 +39,13 @@ import numpy as np
 
 from bench.calibrate import PROMPTS, prove_kv_decode, prove_padded_batch, prove_threads_1
 from bench.common import describe_machine, write_results
-from bft.assembler import (
-    AssemblerPolicy,
-    Outcome,
-    check_commitment,
-    compute_request,
-    compute_tally,
-    get_final_outcome,
-    process_vote,
-)
+from bft.assembler import AssemblerPolicy, Outcome, compute_request
+from bft.attempt import Attempt, Confirm, Contact, Verify
+from bft.confirmation import Confirmation
 from bft.crypto import SigningKey
 from bft.encoding import sha256
-from bft.errors import ProtocolError
 from bft.messages import InferenceRequest, OpeningResponse, SamplingParams, SignedCommitment, Vote
-from bft.types import NodeId
+from bft.types import PublicKey
 from bft.validators import ValidatorSet
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
@@ -62,6 +55,7 @@ from executor.model import load_smollm2
 from executor.thresholds import load_thresholds
 from merkle.sketch import measure_sketch
 from merkle.tiles import HEADER_SIZE
+from verihive.inprocess import Calls, drive
 
 RESULT_PATH = Path(__file__).resolve().parent / "results" / "detection.json"
 NETWORK = "detection"
@@ -136,7 +130,7 @@ class Harness:
         certified, votes = self.verify(
             request,
             signed,
-            ex.key.node_id,
+            ex.key.public_key,
             lambda s: ex.on_open(signed.digest, s.challenge.required_tiles()),
         )
         return certified, votes, signed
@@ -145,21 +139,33 @@ class Harness:
         self,
         request: InferenceRequest,
         signed: SignedCommitment,
-        executor_id: NodeId,
+        executor_key: PublicKey,
         fetch: Callable[[Session], OpeningResponse],
     ) -> tuple[bool, list[Vote]]:
-        """Return (certified, votes) of the committee on ``signed``; ``fetch`` opens tiles."""
-        try:
-            check_commitment(request, signed, executor_id)
-        except ProtocolError:
-            return False, []
-        tally = compute_tally(request, signed, self.validators)
-        votes = []
-        for pk in tally.committee:
-            result = self.verifiers[pk].run(request, signed, fetch)
-            votes.append(result)
-            tally = process_vote(tally, result)
-        return get_final_outcome(tally) is Outcome.CERTIFIED, votes
+        """Return (certified, votes) of the committee on ``signed``, which ``executor_key`` was
+        asked for; ``fetch`` opens tiles. The assembler's attempt machine decides ([ASM.7]):
+        [ASM.2], the votes, and the confirmation round of any REJECT."""
+        votes: list[Vote] = []
+
+        def on_verify(action: Verify) -> Vote:
+            vote = self.verifiers[action.verifier.key].run(action.request, action.signed, fetch)
+            votes.append(vote)
+            return vote
+
+        def on_confirm(action: Confirm) -> Confirmation | None:
+            core = self.verifiers[action.verifier.key]
+            return core.confirm(action.request, action.signed, action.accusation)
+
+        attempt = Attempt(
+            0,
+            request,
+            Contact(executor_key, "executor"),
+            self.validators,
+            {pk: (Contact(pk, pk.hex()),) for pk in self.verifiers},
+        )
+        drive(attempt, Calls(lambda _action: signed, on_verify, on_confirm))
+        assert attempt.result is not None  # every call is answered: the attempt settles
+        return attempt.result.outcome is Outcome.CERTIFIED, votes
 
     def committed_states(self, ex: ExecutorCore, signed: Any) -> np.ndarray:
         c = signed.commitment

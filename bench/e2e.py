@@ -19,25 +19,76 @@ import time
 from typing import Any
 
 from bench.common import describe_machine, write_results
-from bft.assembler import (
-    AssemblerPolicy,
-    build_receipt,
-    compute_request,
-    compute_tally,
-    process_vote,
-)
+from bft.assembler import AssemblerPolicy, Outcome, Tally, build_receipt, compute_request
+from bft.attempt import Attempt, Contact, Verify
 from bft.crypto import SigningKey
-from bft.messages import SamplingParams
-from bft.validators import make_genesis
+from bft.messages import InferenceRequest, SamplingParams, SignedCommitment, Vote
+from bft.types import PublicKey
+from bft.validators import ValidatorSet, make_genesis
+from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore, compute_tiles
 from executor.model import load_smollm2, load_tiny
 from merkle.tree import ActivationTree
 from proto import convert
+from verihive.inprocess import Calls, drive
 from verihive.receipts import receipt_to_json
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea."
 NETWORK = "bench"
+
+
+def verify_timed(
+    request: InferenceRequest,
+    signed: SignedCommitment,
+    executor: ExecutorCore,
+    verifiers: dict[PublicKey, VerifierCore],
+    validators: ValidatorSet,
+) -> tuple[Tally, list[float], list[float], list[int]]:
+    """Return the certified tally of ``signed`` through the attempt machine ([ASM.7]), with each
+    verifier's time, the executor's time to open, and the bytes opened, per verifier."""
+    v_times: list[float] = []
+    o_times: list[float] = []
+    o_bytes: list[int] = []
+
+    def on_verify(action: Verify) -> Vote:
+        """Verify as the gRPC service does, timing the verifier and the executor apart."""
+        verifier = verifiers[action.verifier.key]
+        opened = 0
+        t0 = time.perf_counter()
+        result = verifier.start(action.request, action.signed)
+        verify_s, open_s = time.perf_counter() - t0, 0.0
+        while isinstance(result, Session):  # the base challenge, and an escalation if any
+            t1 = time.perf_counter()
+            response = executor.on_open(signed.digest, result.challenge.required_tiles())
+            t2 = time.perf_counter()
+            result = verifier.on_openings(result, response)
+            t3 = time.perf_counter()
+            verify_s += t3 - t2
+            open_s += t2 - t1
+            opened += convert.opening_response_to_pb(response).ByteSize()
+        v_times.append(verify_s)
+        o_times.append(open_s)
+        o_bytes.append(opened)
+        return result
+
+    attempt = Attempt(
+        0,
+        request,
+        Contact(executor.key.public_key, "executor"),
+        validators,
+        {pk: (Contact(pk, pk.hex()),) for pk in verifiers},
+    )
+    calls = Calls(
+        lambda _action: signed,  # executed above, timed step by step
+        on_verify,
+        lambda a: verifiers[a.verifier.key].confirm(a.request, a.signed, a.accusation),
+    )
+    drive(attempt, calls)
+    assert attempt.result is not None and attempt.result.outcome is Outcome.CERTIFIED
+    tally = attempt.result.tally
+    assert tally is not None
+    return tally, v_times, o_times, o_bytes
 
 
 def measure(loaded: Any, n_tokens: int, repeats: int, k: int) -> dict[str, Any]:
@@ -46,8 +97,6 @@ def measure(loaded: Any, n_tokens: int, repeats: int, k: int) -> dict[str, Any]:
     vkeys = [SigningKey.generate() for _ in range(4)]
     genesis = make_genesis(NETWORK, vkeys)
     validators = genesis.vset
-    from bft.verifier import Session, VerifierCore
-
     verifiers = {
         v.public_key: VerifierCore(
             v, backend, loaded.model_id, backend.info.num_layers, backend.info.hidden_size, NETWORK
@@ -103,27 +152,9 @@ def measure(loaded: Any, n_tokens: int, repeats: int, k: int) -> dict[str, Any]:
         rows["merkle_s"].append(t4 - t3)
         rows["sign_s"].append(t6 - t5)
         rows["commit_total_s"].append((t2 - t1) + (t3 - t2) + (t4 - t3) + (t6 - t5))
-        tally = compute_tally(request, signed, validators)
-        v_times, o_times, o_bytes = [], [], []
-        for pk in tally.committee:
-            verifier = verifiers[pk]
-            opened = 0
-            t0 = time.perf_counter()
-            result = verifier.start(request, signed)
-            verify_s, open_s = time.perf_counter() - t0, 0.0
-            while isinstance(result, Session):  # the base challenge, and an escalation if any
-                t1 = time.perf_counter()
-                response = executor.on_open(signed.digest, result.challenge.required_tiles())
-                t2 = time.perf_counter()
-                result = verifier.on_openings(result, response)
-                t3 = time.perf_counter()
-                verify_s += t3 - t2
-                open_s += t2 - t1
-                opened += convert.opening_response_to_pb(response).ByteSize()
-            tally = process_vote(tally, result)
-            v_times.append(verify_s)
-            o_times.append(open_s)
-            o_bytes.append(opened)
+        tally, v_times, o_times, o_bytes = verify_timed(
+            request, signed, executor, verifiers, validators
+        )
         rows["verify_s"].append(statistics.mean(v_times))
         rows["open_s"].append(statistics.mean(o_times))
         rows["opened_bytes"].append(statistics.mean(o_bytes))

@@ -240,7 +240,6 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
 
     from bench.detection import Harness
     from bft.assembler import AssemblerPolicy
-    from bft.crypto import compute_node_id
     from bft.errors import Unavailable
     from bft.messages import OpeningResponse, SamplingParams
     from bft.types import PublicKey
@@ -262,7 +261,7 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
     channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
     stub = pb_grpc.ExecutorStub(channel)
     info = stub.GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
-    executor_id = compute_node_id(PublicKey(info.public_key))
+    executor_key = PublicKey(info.public_key)
     results = []
     for i in range(runs):
         sampling = SamplingParams(
@@ -286,7 +285,7 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
             except grpc.RpcError as exc:
                 raise Unavailable(exc.code().name) from exc
 
-        certified, votes = h.verify(request, signed, executor_id, fetch)
+        certified, votes = h.verify(request, signed, executor_key, fetch)
         results.append(
             {
                 "run": i,

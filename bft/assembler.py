@@ -229,6 +229,15 @@ def find_disagreement(certified: tuple[Tally, ...]) -> bool:
     return len({t.signed.commitment.output_tokens for t in certified}) > 1
 
 
+def get_offenders(tally: Tally) -> frozenset[PublicKey]:
+    """Return the keys ``tally`` proves guilty once closed: double voters ([QUORUM.5]) and the
+    executor when an accusation is confirmed ([CONFIRM.3]). [SLASH.1]"""
+    offenders = set(tally.double_voters)
+    if any(get_dispute_outcome(d, closed=True) is DisputeOutcome.CONFIRMED for d in tally.disputes):
+        offenders.add(tally.signed.commitment.executor_key)
+    return frozenset(offenders)
+
+
 def get_final_outcome(tally: Tally) -> Outcome:
     """Return the outcome once no more votes or confirmations will come. [ASM.4]"""
     return get_outcome(tally, closed=True)

@@ -16,18 +16,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bft.assembler import (
-    AssemblerPolicy,
-    Tally,
-    build_receipt,
-    check_commitment,
-    compute_request,
-    compute_tally,
-    open_disputes,
-    process_confirmation_vote,
-    process_vote,
-)
+from bft.assembler import AssemblerPolicy, Tally, build_receipt, compute_request, compute_tally
+from bft.attempt import Attempt, Confirm, Contact, Verify
 from bft.challenge import Challenge, compute_commitment_challenge
+from bft.confirmation import Confirmation
 from bft.crypto import SigningKey
 from bft.encoding import sha256
 from bft.errors import ProtocolError
@@ -49,6 +41,7 @@ from executor.backend import TorchBackend
 from executor.byzantine import LayerTamperExecutor
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, load_tiny
+from verihive.inprocess import Calls, drive
 
 NETWORK_ID = "verihive-test"
 PROMPT = tuple(range(100, 120))  # 20 prompt tokens
@@ -185,37 +178,57 @@ class Network:
         check_at_assembler: bool = True,
         confirm: bool = True,
     ) -> Run:
-        """Execute ``request`` on ``executor`` (default: the honest one) and collect all votes.
+        """Run ``request`` on ``executor`` (default: the honest one) through the attempt machine.
 
-        Each verifier acts as the gRPC service does (see :func:`verify`).
-        ``check_commitments=False`` skips [VERIFY.1], to build votes that only a faulty verifier
-        would sign; ``check_at_assembler=False`` skips the assembler's [ASM.2], so that verifiers
-        see commitments an assembler would refuse. ``sessions`` holds each member's last
-        session and ``responses`` the last openings it was served (none after a [VERIFY.1]
-        REJECT). ``confirm`` runs the confirmation round of every REJECT with every committee
-        member's own audit ([CONFIRM.1]); without it the tally stays DISPUTED.
+        The assembler's :class:`Attempt` drives it ([ASM.1]); each verifier acts as the gRPC
+        service does (see :func:`verify`). ``check_commitments=False`` skips [VERIFY.1], to
+        build votes that only a faulty verifier would sign; ``check_at_assembler=False`` skips
+        the assembler's [ASM.2], so that verifiers see commitments an assembler would refuse.
+        ``sessions`` holds each member's last session and ``responses`` the last openings it
+        was served (none after a [VERIFY.1] REJECT). ``confirm=False`` stops when the votes
+        are in: ``tally`` is the votes' tally, before its disputes are opened ([CONFIRM.1]).
         """
         ex = executor or self.executor
-        signed = ex.on_execute(request)
-        if check_at_assembler:
-            check_commitment(request, signed, ex.key.node_id)
-        tally = compute_tally(request, signed, self.validator_set.vset)
-        sessions, responses, votes = {}, {}, []
-        for pk in tally.committee:
-            v = verify(self.verifiers[pk], ex, request, signed, check_commitments)
+        sessions: dict[PublicKey, Session] = {}
+        responses: dict[PublicKey, OpeningResponse] = {}
+        votes: list[Vote] = []
+
+        def on_verify(action: Verify) -> Vote:
+            pk = action.verifier.key
+            v = verify(self.verifiers[pk], ex, action.request, action.signed, check_commitments)
             sessions[pk] = v.session
             if v.responses:
                 responses[pk] = v.responses[-1]
             votes.append(v.vote)
-            tally = process_vote(tally, v.vote)
-        if confirm:
-            tally = open_disputes(tally)
-            for d in tally.disputes:
-                for pk in tally.committee:
-                    conf = self.verifiers[pk].confirm(request, signed, d.accusation)
-                    if conf is not None:
-                        tally = process_confirmation_vote(tally, conf)
-        return Run(request, signed, sessions, responses, tuple(votes), tally)
+            return v.vote
+
+        def on_confirm(action: Confirm) -> Confirmation | None:
+            if not confirm:
+                return None
+            core = self.verifiers[action.verifier.key]
+            return core.confirm(action.request, action.signed, action.accusation)
+
+        attempt = Attempt(
+            0,
+            request,
+            Contact(ex.key.public_key, "executor"),
+            self.validator_set.vset,
+            self.contacts,
+            checks_commitment=check_at_assembler,
+        )
+        calls = Calls(lambda a: ex.on_execute(a.request), on_verify, on_confirm)
+        drive(attempt, calls, deadlines=confirm)
+        tally = attempt.tally
+        if tally is None:
+            raise ProtocolError(f"the attempt failed before any vote: {attempt.result}")
+        if not confirm:  # open_disputes only adds disputes: this is the tally it started from
+            tally = dataclasses.replace(tally, disputes=())
+        return Run(request, tally.signed, sessions, responses, tuple(votes), tally)
+
+    @property
+    def contacts(self) -> dict[PublicKey, tuple[Contact, ...]]:
+        """Return every validator's one address (its label)."""
+        return {pk: (Contact(pk, f"validator-{i}"),) for i, pk in enumerate(self.validators)}
 
 
 @functools.cache

@@ -2,34 +2,44 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import queue
 import time
 from collections.abc import Sequence
 from concurrent import futures
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import grpc
 from transformers import PreTrainedTokenizerBase
 
-from bft.assembler import (
-    AssemblerPolicy,
-    Outcome,
-    Tally,
-    build_receipt,
-    check_commitment,
-    compute_request,
-    compute_tally,
-    find_disagreement,
-    get_final_outcome,
-    open_disputes,
-    process_confirmation_vote,
-    process_vote,
+from bft.assembler import AssemblerPolicy, Outcome, Tally, build_receipt
+from bft.attempt import (
+    Action,
+    CallFailed,
+    Cancel,
+    CommitmentReceived,
+    Confirm,
+    ConfirmationReceived,
+    Contact,
+    Deadlines,
+    Event,
+    Execute,
+    InferenceMachine,
+    InferenceResult,
+    MalformedAnswer,
+    Refused,
+    SetTimer,
+    Settled,
+    TimerFired,
+    Verify,
+    VoteReceived,
 )
-from bft.confirmation import Confirmation, DisputeOutcome, get_dispute_outcome
+from bft.attempt import AttemptResult as MachineAttempt
 from bft.crypto import SigningKey, compute_node_id
-from bft.errors import Malformed, ProtocolError
-from bft.messages import MAX_TOKENS, InferenceRequest, SamplingParams, Vote
+from bft.errors import Ignore, Malformed, ProtocolError
+from bft.messages import MAX_TOKENS, SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
 from bft.validators import SignedValidatorSet, check_validator_set
 from proto import convert
@@ -38,10 +48,8 @@ from proto import verihive_pb2_grpc as pb_grpc
 from slashing.records import Penalty, SlashRecord, check_penalty, check_slash, compute_records
 from slashing.tombstones import Tombstones
 from verihive.rpc import (
-    EXECUTE_TIMEOUT_S,
     INFO_TIMEOUT_S,
     MAX_OPEN_MESSAGE_BYTES,
-    VERIFY_TIMEOUT_S,
     make_channel,
 )
 
@@ -93,7 +101,7 @@ def fetch_peer(address: str, role: str, model_id: ModelId, network_id: str) -> P
 
 
 class AssemblerNode:
-    """Drives requests over gRPC; the rules live in :mod:`bft.assembler`."""
+    """Drives :class:`bft.attempt.InferenceMachine` over gRPC; it holds no protocol rules."""
 
     def __init__(
         self,
@@ -105,6 +113,7 @@ class AssemblerNode:
         verifiers: Sequence[Peer],
         validator_set: SignedValidatorSet,
         tombstones: Tombstones | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         check_validator_set(validator_set)  # the genesis set this node was started with
         self.key = key
@@ -119,18 +128,18 @@ class AssemblerNode:
             self.verifiers.setdefault(v.public_key, []).append(v)
         self.validator_set = validator_set
         self.tombstones = tombstones if tombstones is not None else Tombstones()
+        self.deadlines = deadlines or Deadlines()
         # Votes may carry evidence (opened tiles): verifier channels take the large limit.
         self._channels = {p.address: make_channel(p.address) for p in executors}
         self._channels.update(
             {p.address: make_channel(p.address, MAX_OPEN_MESSAGE_BYTES) for p in verifiers}
         )
-        self._pool = futures.ThreadPoolExecutor(max_workers=max(4, 2 * len(verifiers)))
-        self._hedge_pool = futures.ThreadPoolExecutor(max_workers=max(1, policy.hedge))
+        # Calls block on the network, not the CPU: room for several requests' calls at once.
+        self._pool = futures.ThreadPoolExecutor(max_workers=4 * (len(self._channels) + 2))
 
     def close(self) -> None:
         """Release channels and threads."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._hedge_pool.shutdown(wait=False, cancel_futures=True)
         for ch in self._channels.values():
             ch.close()
 
@@ -149,149 +158,35 @@ class AssemblerNode:
         return tuple(int(i) for i in list(ids))
 
     def infer(self, prompt: str, sampling: SamplingParams) -> tuple[str, list[AttemptResult]]:
-        """Try executors until one is certified; return the text and all attempts.
+        """Run the attempt machine on ``prompt`` over gRPC; return the text and all attempts.
 
-        Executors are taken ``policy.hedge`` at a time, all on one request (one seed): the
-        first certified answer wins; with ``hedge_verify_all`` every hedged result is verified
-        and certified answers that disagree are not served. [ASM.6]
+        The rules (hedging, committees, confirmation rounds, disagreement) are the machine's,
+        :class:`bft.attempt.InferenceMachine`; this method only performs its calls. [ASM.7]
         """
         sampling.validate()
         tokens = self.encode_prompt(prompt)
-        attempts: list[AttemptResult] = []
-        live = [e for e in self.executors if not self.tombstones.is_tombstoned(e.public_key)]
-        step = max(1, self.policy.hedge)
-        for i in range(0, len(live), step):
-            batch = [
-                e for e in live[i : i + step] if not self.tombstones.is_tombstoned(e.public_key)
-            ]
-            if not batch:
-                continue  # refused for good [SLASH.3]
-            request = compute_request(
-                self.policy,
-                os.urandom(16),
-                self.model_id,
-                tokens,
-                sampling,
-                self.validator_set.vset,
-            )
-            results = self._run_batch(batch, request)
-            attempts.extend(results)
-            for r in results:
-                log.info("attempt on %s: %s %s", r.executor.address, r.outcome.value, r.reason)
-            certified = tuple(
-                r.tally for r in results if r.outcome is Outcome.CERTIFIED and r.tally is not None
-            )
-            if certified and find_disagreement(certified):
-                log.warning("hedged executors disagree: %d certified outputs", len(certified))
-                attempts[-len(results) :] = [
-                    replace(
-                        r,
-                        outcome=Outcome.FAILED,
-                        reason="hedged certified outputs disagree; not served",
-                    )
-                    if r.outcome is Outcome.CERTIFIED
-                    else r
-                    for r in results
-                ]
-                continue
-            if certified:
-                out = certified[0].signed.commitment.output_tokens
-                return str(self.tokenizer.decode(list(out), skip_special_tokens=True)), attempts
-        return "", attempts
-
-    def _run_batch(self, batch: list[Peer], request: InferenceRequest) -> list[AttemptResult]:
-        """Run ``request`` on every executor of ``batch`` at once. [ASM.6]"""
-        if len(batch) == 1:
-            return [self.run_attempt(batch[0], request)]
-        pending = {self._hedge_pool.submit(self.run_attempt, e, request): e for e in batch}
-        results: list[AttemptResult] = []
-        for fut in futures.as_completed(pending):
-            result = fut.result()
-            results.append(result)
-            if result.outcome is Outcome.CERTIFIED and not self.policy.hedge_verify_all:
-                for other in pending:
-                    other.cancel()  # not started yet: never runs; running: its result is dropped
-                break
-        return results
-
-    def run_attempt(self, executor: Peer, request: InferenceRequest) -> AttemptResult:
-        """Execute ``request`` on ``executor``, collect the committee's votes, decide. [ASM.1]"""
-        start = time.monotonic()
-        vset = self.validator_set.vset
-
-        def done(outcome: Outcome, tally: Tally | None, reason: str) -> AttemptResult:
-            return AttemptResult(executor, outcome, tally, reason, time.monotonic() - start)
-
-        try:
-            stub = pb_grpc.ExecutorStub(self._channels[executor.address])
-            reply = stub.Execute(
-                pb.ExecuteRequest(request=convert.request_to_pb(request)), timeout=EXECUTE_TIMEOUT_S
-            )
-            signed = convert.commitment_from_pb(reply.commitment)
-            check_commitment(request, signed, executor.node_id)
-        except grpc.RpcError as exc:
-            return done(Outcome.FAILED, None, f"execute failed: {exc.code().name}")
-        except ProtocolError as exc:
-            return done(Outcome.REJECTED, None, f"bad commitment: {exc}")
-        tally = compute_tally(request, signed, vset)
-        verify = pb.VerifyRequest(
-            request=convert.request_to_pb(request),
-            commitment=convert.commitment_to_pb(signed),
-            executor_address=executor.address,
+        keys = {p.public_key for p in self.executors} | set(self.verifiers)
+        machine = InferenceMachine(
+            self.policy,
+            self.model_id,
+            self.validator_set.vset,
+            tokens,
+            sampling,
+            [Contact(p.public_key, p.address) for p in self.executors],
+            [Contact(p.public_key, p.address) for ps in self.verifiers.values() for p in ps],
+            [os.urandom(16) for _ in self.executors],  # one request_id per batch [ASM.5]
+            frozenset(k for k in keys if self.tombstones.is_tombstoned(k)),
+            self.deadlines,
         )
-        members = [k for k in tally.committee if not self.tombstones.is_tombstoned(k)]
-        calls = {
-            self._pool.submit(self._ask_verifier, peer, verify): peer
-            for k in members
-            for peer in self.verifiers.get(k, [])
-        }
-        for fut in futures.as_completed(calls):
-            vote = fut.result()
-            if vote is None:
-                continue
-            try:
-                tally = process_vote(tally, vote)
-            except ProtocolError as exc:
-                log.warning("vote from %s dropped: %s", calls[fut].address, exc)
-        honest_so_far = [k for k in members if k not in tally.double_voters]
-        tally = self._confirm(open_disputes(tally), honest_so_far)
-        outcome = get_final_outcome(tally)
-        slashes, penalties = self._record(tally)
-        reasons = [v.reason for v in tally.votes if v.reason]
-        reasons += [f"slashed {_node(r.offender)} ({r.offence.value})" for r in slashes]
-        reasons += [f"penalised {_node(p.accuser)} (false accusation)" for p in penalties]
-        return replace(
-            done(outcome, tally, "; ".join(dict.fromkeys(reasons))),
-            slashes=slashes,
-            penalties=penalties,
-        )
-
-    def _confirm(self, tally: Tally, members: list[PublicKey]) -> Tally:
-        """Run the confirmation rounds of the open accusations. [CONFIRM.1]-[CONFIRM.3]
-
-        One accusation at a time (its round in parallel): once one is confirmed the executor
-        is slashed and the others need no round.
-        """
-        for dispute in tally.disputes:
-            if any(get_dispute_outcome(d) is DisputeOutcome.CONFIRMED for d in tally.disputes):
-                break
-            if get_dispute_outcome(dispute) is not DisputeOutcome.OPEN:
-                continue
-            ask = pb.ConfirmRequest(accusation=convert.vote_to_pb(dispute.accusation))
-            calls = {
-                self._pool.submit(self._ask_confirmation, peer, ask): peer
-                for k in members
-                for peer in self.verifiers.get(k, [])
-            }
-            for fut in futures.as_completed(calls):
-                conf = fut.result()
-                if conf is None:
-                    continue
-                try:
-                    tally = process_confirmation_vote(tally, conf)
-                except ProtocolError as exc:
-                    log.warning("confirmation from %s dropped: %s", calls[fut].address, exc)
-        return tally
+        run = _GrpcRun(self, machine)
+        result = run.drive()
+        attempts = [run.attempt_of(r) for r in result.attempts]
+        for a in attempts:
+            log.info("attempt on %s: %s %s", a.executor.address, a.outcome.value, a.reason)
+        if result.output_tokens is None:
+            return "", attempts
+        out = list(result.output_tokens)
+        return str(self.tokenizer.decode(out, skip_special_tokens=True)), attempts
 
     def _record(self, tally: Tally) -> tuple[tuple[SlashRecord, ...], tuple[Penalty, ...]]:
         """Check and keep what the tally proves; return the new slashes and penalties."""
@@ -308,32 +203,123 @@ class AssemblerNode:
             self.tombstones.add_penalty(p)
         return tuple(new_slashes), penalties
 
-    def _ask_verifier(self, verifier: Peer, request: pb.VerifyRequest) -> Vote | None:
-        try:
-            stub = pb_grpc.VerifierStub(self._channels[verifier.address])
-            return convert.vote_from_pb(stub.Verify(request, timeout=VERIFY_TIMEOUT_S))
-        except grpc.RpcError as exc:
-            log.warning("verifier %s: %s %s", verifier.address, exc.code().name, exc.details())
-        except ProtocolError as exc:
-            log.warning("verifier %s sent a malformed vote: %s", verifier.address, exc)
-        return None
-
-    def _ask_confirmation(self, verifier: Peer, request: pb.ConfirmRequest) -> Confirmation | None:
-        try:
-            stub = pb_grpc.VerifierStub(self._channels[verifier.address])
-            reply = stub.Confirm(request, timeout=VERIFY_TIMEOUT_S)
-            return convert.confirmation_from_pb(reply)
-        except grpc.RpcError as exc:
-            log.warning("verifier %s: %s %s", verifier.address, exc.code().name, exc.details())
-        except ProtocolError as exc:
-            log.warning("verifier %s sent a malformed confirmation: %s", verifier.address, exc)
-        return None
-
     def receipt_of(self, attempt: AttemptResult) -> pb.Receipt | None:
         """Return the receipt of a certified attempt, else ``None``."""
         if attempt.outcome is not Outcome.CERTIFIED or attempt.tally is None:
             return None
         return convert.receipt_to_pb(build_receipt(attempt.tally, self.validator_set))
+
+
+class _GrpcRun:
+    """One :class:`InferenceMachine` driven over gRPC: calls on a thread pool, their answers
+    and the timers fed back to the machine from one loop (the calling thread)."""
+
+    def __init__(self, node: AssemblerNode, machine: InferenceMachine) -> None:
+        self.node = node
+        self.machine = machine
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.timers: list[tuple[float, int]] = []
+        self.calls: dict[int, futures.Future[None]] = {}
+        self.started: dict[tuple[str, bytes], float] = {}
+        self.records: dict[int, tuple[float, tuple[SlashRecord, ...], tuple[Penalty, ...]]] = {}
+        self.peers = {p.address: p for p in node.executors}
+
+    def drive(self) -> InferenceResult:
+        """Run the machine to its end; return its result."""
+        self.perform(self.machine.start())
+        while self.machine.result is None:
+            timeout = max(0.0, self.timers[0][0] - time.monotonic()) if self.timers else None
+            try:
+                event: Event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                event = TimerFired(heapq.heappop(self.timers)[1])
+            try:
+                self.perform(self.machine.on_event(event))
+            except Ignore:
+                continue  # late, or of a cancelled call
+        return self.machine.result
+
+    def perform(self, actions: list[Action]) -> None:
+        """Start each of ``actions``."""
+        for action in actions:
+            if isinstance(action, Execute | Verify | Confirm):
+                if isinstance(action, Execute):
+                    key = (action.executor.address, action.request.request_id)
+                    self.started[key] = time.monotonic()
+                self.calls[action.call] = self.node._pool.submit(self.call, action)
+            elif isinstance(action, SetTimer):
+                heapq.heappush(self.timers, (time.monotonic() + action.seconds, action.timer))
+            elif isinstance(action, Cancel):
+                for call in action.calls:
+                    fut = self.calls.pop(call, None)
+                    if fut is not None:
+                        fut.cancel()  # not started: never runs; running: its answer is ignored
+            elif isinstance(action, Refused):
+                log.warning("%s: %s", action.source.address, action.reason)
+            elif isinstance(action, Settled):
+                self.settle(action.result)
+
+    def call(self, action: Execute | Verify | Confirm) -> None:
+        """Make the gRPC call of ``action``; put its answer on the event queue."""
+        peer = action.executor if isinstance(action, Execute) else action.verifier
+        address = peer.address
+        channel = self.node._channels[address]
+        event: Event
+        try:
+            if isinstance(action, Execute):
+                reply = pb_grpc.ExecutorStub(channel).Execute(
+                    pb.ExecuteRequest(request=convert.request_to_pb(action.request)),
+                    timeout=action.timeout_s,
+                )
+                try:
+                    signed = convert.commitment_from_pb(reply.commitment)
+                except ProtocolError as exc:
+                    event = MalformedAnswer(action.call, str(exc))
+                else:
+                    event = CommitmentReceived(action.call, signed)
+            elif isinstance(action, Verify):
+                ask = pb.VerifyRequest(
+                    request=convert.request_to_pb(action.request),
+                    commitment=convert.commitment_to_pb(action.signed),
+                    executor_address=action.executor.address,
+                )
+                answer = pb_grpc.VerifierStub(channel).Verify(ask, timeout=action.timeout_s)
+                event = VoteReceived(action.call, convert.vote_from_pb(answer))
+            else:
+                confirm = pb.ConfirmRequest(accusation=convert.vote_to_pb(action.accusation))
+                reply = pb_grpc.VerifierStub(channel).Confirm(confirm, timeout=action.timeout_s)
+                event = ConfirmationReceived(action.call, convert.confirmation_from_pb(reply))
+        except grpc.RpcError as exc:
+            if not isinstance(action, Execute):
+                log.warning("%s: %s %s", address, exc.code().name, exc.details())
+            event = CallFailed(action.call, exc.code().name)
+        except ProtocolError as exc:
+            log.warning("%s sent a malformed answer: %s", address, exc)
+            event = CallFailed(action.call, f"malformed answer: {exc}")
+        self.events.put(event)
+
+    def settle(self, result: MachineAttempt) -> None:
+        """Record what a settled attempt's tally proves. [SLASH.1]-[SLASH.3]"""
+        key = (result.executor.address, result.request.request_id)
+        seconds = time.monotonic() - self.started.get(key, time.monotonic())
+        slashes, penalties = self.node._record(result.tally) if result.tally else ((), ())
+        self.records[result.attempt] = (seconds, slashes, penalties)
+
+    def attempt_of(self, result: MachineAttempt) -> AttemptResult:
+        """Return the shell's record of ``result``: its peer, time, slashes and reasons."""
+        seconds, slashes, penalties = self.records[result.attempt]
+        reasons = [result.reason] if result.reason else []
+        reasons += [f"slashed {_node(r.offender)} ({r.offence.value})" for r in slashes]
+        reasons += [f"penalised {_node(p.accuser)} (false accusation)" for p in penalties]
+        return AttemptResult(
+            self.peers[result.executor.address],
+            result.outcome,
+            result.tally,
+            "; ".join(dict.fromkeys(reasons)),
+            seconds,
+            slashes,
+            penalties,
+        )
 
 
 def _node(key: PublicKey) -> str:

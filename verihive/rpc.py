@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
+from bft.attempt import Deadlines
 from bft.errors import (
     BadSignature,
     DeadlineExceeded,
@@ -30,10 +31,10 @@ MAX_MESSAGE_BYTES = 8 * MiB
 MAX_OPEN_MESSAGE_BYTES = 64 * MiB
 """Receive limit for ``Executor.Open`` responses (activation tiles), in bytes. [RPC.3]"""
 
-# Deadlines, in seconds. [RPC.2]
-EXECUTE_TIMEOUT_S = 900.0
+# Deadlines, in seconds. [RPC.2] The assembler's come from its machine's Deadlines.
+EXECUTE_TIMEOUT_S = Deadlines().execute_s
 OPEN_TIMEOUT_S = 60.0
-VERIFY_TIMEOUT_S = 180.0
+VERIFY_TIMEOUT_S = Deadlines().verify_s
 INFO_TIMEOUT_S = 10.0
 INFER_TIMEOUT_S = 3600.0
 

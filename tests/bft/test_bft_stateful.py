@@ -74,7 +74,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -90,9 +90,21 @@ from bft.assembler import (
     compute_tally,
     get_final_outcome,
     get_outcome,
-    open_disputes,
-    process_confirmation_vote,
-    process_vote,
+)
+from bft.attempt import (
+    Action,
+    Attempt,
+    CommitmentReceived,
+    Confirm,
+    ConfirmationReceived,
+    Contact,
+    Event,
+    Execute,
+    Phase,
+    Refused,
+    TimerFired,
+    Verify,
+    VoteReceived,
 )
 from bft.byzantine import DoubleVoteVerifier, make_byzantine_verifier
 from bft.confirmation import Confirmation, DisputeOutcome, Finding, get_dispute_outcome
@@ -337,15 +349,27 @@ def get_findings(
 
 @dataclass
 class Drive:
-    """One committee's attempt: who is byzantine, the tally, and what has not arrived yet."""
+    """One committee's attempt, driven message by message through the real attempt machine.
+
+    Every committee member answers at one address, or two for ``double-vote`` (the honest vote
+    at one, its opposite at the other) and ``twins`` (one per half): the machine asks each
+    address, as the gRPC assembler does ([ASM.7], [QUORUM.5]). The executor's commitment is
+    delivered at once; each later answer waits in ``pending`` until a rule delivers it.
+    ``disturbed`` is set when an answer was lost or a deadline cut a step short while an answer
+    was on its way: then only the safety checks apply, not the exact outcome.
+    """
 
     sc: Scenario
     request_index: int
     byzantine: dict[PublicKey, tuple[str, str]]  # member -> (behaviour, liar)
-    tally: Tally
-    pending_votes: list[Vote]
-    pending_confirmations: list[Confirmation]
-    asked: set[Digest]
+    attempt: Attempt
+    contacts: dict[str, tuple[PublicKey, int]]  # address -> (member, index of its answer)
+    pending: list[Event] = field(default_factory=list)
+    delivered: list[Event] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    silent: set[int] = field(default_factory=set)
+    """Calls nobody will answer (to silent members)."""
+    disturbed: bool = False
 
     @classmethod
     def start(
@@ -353,14 +377,28 @@ class Drive:
     ) -> Drive:
         sc = get_scenario(executor_mode, request_index)
         byz = {sc.committee[i]: (b, liar) for i, b, liar in byzantine}
-        votes: list[Vote] = []
-        for pk in sc.committee:
-            if pk in byz:
-                b, liar = byz[pk]
-                votes.extend(get_byzantine_votes(executor_mode, request_index, pk, b, liar))
-            else:
-                votes.append(sc.honest_votes[pk])
-        return cls(sc, request_index, byz, sc.tally, votes, [], set())
+        contacts: dict[str, tuple[PublicKey, int]] = {}
+        by_key: dict[PublicKey, tuple[Contact, ...]] = {}
+        for i, pk in enumerate(sc.committee):
+            b = byz.get(pk, ("honest", ""))[0]
+            addresses = 2 if b in ("double-vote", "twins") else 1
+            by_key[pk] = tuple(Contact(pk, f"member-{i}/{j}") for j in range(addresses))
+            contacts.update({c.address: (pk, j) for j, c in enumerate(by_key[pk])})
+        vset = get_network().validator_set.vset
+        executor = Contact(sc.signed.commitment.executor_key, "executor")
+        attempt = Attempt(0, sc.request, executor, vset, by_key)
+        drive = cls(sc, request_index, byz, attempt, contacts)
+        drive.perform(attempt.start())
+        (execute,) = drive.pending
+        assert isinstance(execute, CommitmentReceived)
+        drive.deliver(0)
+        return drive
+
+    @property
+    def tally(self) -> Tally:
+        tally = self.attempt.tally
+        assert tally is not None
+        return tally
 
     @property
     def honest_members(self) -> tuple[PublicKey, ...]:
@@ -375,45 +413,97 @@ class Drive:
     def executor_honest(self) -> bool:
         return self.sc.executor_mode == "honest"
 
-    # -- delivery
+    @property
+    def settled(self) -> bool:
+        return self.attempt.result is not None
 
-    def deliver_vote(self, i: int) -> None:
-        vote = self.pending_votes.pop(i % len(self.pending_votes))
-        try:  # every vote here is validly signed by a member: only Ignore may refuse it
-            self.tally = process_vote(self.tally, vote)
-        except Ignore:
-            assert vote.verifier_key in self.byzantine, "an honest vote was ignored"
+    # -- the driver
 
-    def open(self) -> None:
-        self.tally = open_disputes(self.tally)
-        for d in self.tally.disputes:
-            if d.digest in self.asked:
-                continue
-            self.asked.add(d.digest)
-            for pk in self.sc.committee:
-                b, liar = self.byzantine.get(pk, ("honest", ""))
-                self.pending_confirmations.extend(get_findings(self.sc, pk, b, liar, d.accusation))
+    def perform(self, actions: list[Action]) -> None:
+        """Put the answer to each call of ``actions`` on its way."""
+        for action in actions:
+            if isinstance(action, Execute):
+                self.pending.append(CommitmentReceived(action.call, self.sc.signed))
+            elif isinstance(action, Verify):
+                vote = self.vote_of(action.verifier)
+                if vote is None:
+                    self.silent.add(action.call)
+                else:
+                    self.pending.append(VoteReceived(action.call, vote))
+            elif isinstance(action, Confirm):
+                conf = self.finding_of(action.verifier, action.accusation)
+                if conf is None:
+                    self.silent.add(action.call)
+                else:
+                    self.pending.append(ConfirmationReceived(action.call, conf))
+            elif isinstance(action, Refused):
+                self.refused.append(action)
 
-    def deliver_confirmation(self, i: int) -> None:
-        conf = self.pending_confirmations.pop(i % len(self.pending_confirmations))
+    def vote_of(self, contact: Contact) -> Vote | None:
+        pk, j = self.contacts[contact.address]
+        if pk not in self.byzantine:
+            return self.sc.honest_votes[pk]
+        votes = get_byzantine_votes(*self.key(pk))
+        return votes[j] if j < len(votes) else None
+
+    def finding_of(self, contact: Contact, accusation: Vote) -> Confirmation | None:
+        pk, j = self.contacts[contact.address]
+        b, liar = self.byzantine.get(pk, ("honest", ""))
+        findings = get_findings(self.sc, pk, b, liar, accusation)
+        return findings[min(j, len(findings) - 1)] if findings else None
+
+    def deliver_event(self, event: Event) -> None:
+        """Feed ``event``; an event the machine ignores must leave it unchanged."""
+        self.delivered.append(event)
+        before = self.attempt.state
         try:
-            self.tally = process_confirmation_vote(self.tally, conf)
+            actions = self.attempt.on_event(event)
         except Ignore:
-            # The accusation was dropped with its double vote, or a Twin already answered.
-            dropped = all(d.digest != conf.accusation_digest for d in self.tally.disputes)
-            assert dropped or conf.verifier_key in self.byzantine
+            assert self.attempt.state is before, "an ignored event changed the machine"
+            return
+        self.perform(actions)
+
+    def deliver(self, i: int) -> None:
+        self.deliver_event(self.pending.pop(i % len(self.pending)))
+
+    def duplicate(self, i: int) -> None:
+        """Deliver an answer again: the machine waits for it no longer, so ignores it."""
+        event = self.delivered[i % len(self.delivered)]
+        before = self.attempt.state
+        with pytest.raises(Ignore):
+            self.attempt.on_event(event)
+        assert self.attempt.state is before
+
+    def drop(self, i: int) -> None:
+        self.pending.pop(i % len(self.pending))
+        self.disturbed = True
+
+    def fire(self) -> None:
+        """The current step's deadline."""
+        timer = self.attempt.timer
+        assert timer is not None
+        waiting = set(self.attempt.get_pending()) - self.silent
+        if waiting:
+            self.disturbed = True  # an answer was still on its way
+        self.deliver_event(TimerFired(timer))
 
     def drain(self) -> None:
-        while self.pending_votes:
-            self.deliver_vote(0)
-        self.open()
-        while self.pending_confirmations:
-            self.deliver_confirmation(0)
+        """Deliver everything on its way, in order; then let the deadlines pass."""
+        while not self.settled:
+            while self.pending:
+                self.deliver(0)
+            if not self.settled:
+                self.fire()
 
     # -- checks
 
     def check_step(self) -> None:
         """What must hold at every point of the attempt: (a), (b), (c), (d) on the records."""
+        for r in self.refused:  # only a byzantine member's answer is refused
+            pk, _ = self.contacts[r.source.address]
+            assert pk in self.byzantine, r.reason
+        if self.attempt.tally is None:
+            return
         outcome = get_outcome(self.tally)
         if outcome is Outcome.CERTIFIED:
             self.check_certificate()
@@ -423,7 +513,11 @@ class Drive:
 
     def check_certificate(self) -> None:
         """(a) and (b)."""
-        assert not self.honest_rejected, "certified a commitment an honest member rejected"
+        # [GUAR.2]: an honest REJECT that reached the machine blocks the certificate.
+        counted = [v for v in self.tally.votes if v.verifier_key in self.honest_members]
+        assert all(v.verdict is Verdict.ACCEPT for v in counted), "certified over an honest REJECT"
+        if not self.disturbed:
+            assert not self.honest_rejected, "certified a commitment an honest member rejected"
         net = get_network()
         receipt = build_receipt(self.tally, net.validator_set)
         check_receipt(receipt, trusted_validators=net.validators)
@@ -452,21 +546,17 @@ class Drive:
             assert p.accuser in self.byzantine, "an honest verifier was penalised"
 
     def check_final(self) -> None:
-        """Every message has arrived: the outcome, the records, (d) and (e)."""
+        """The attempt is settled: the outcome, the records, (d) and (e)."""
+        result = self.attempt.result
+        assert result is not None
         self.check_step()
-        outcome = get_final_outcome(self.tally)
+        if result.tally is None:  # the commitment never came
+            assert self.disturbed and result.outcome is Outcome.FAILED
+            return
+        outcome = result.outcome
+        assert outcome is get_final_outcome(self.tally)
         rejects = [v for v in self.tally.votes if v.verdict is Verdict.REJECT]
         proven = [v for v in rejects if is_proven(v.evidence)]
-        expected = Outcome.REJECTED if proven else Outcome.CERTIFIED
-        assert outcome is expected, (outcome, expected)
-        if self.honest_rejected:
-            assert outcome is Outcome.REJECTED
-        if self.executor_honest:
-            assert outcome is Outcome.CERTIFIED
-        for d in self.tally.disputes:  # 2f+1 honest members decide every round
-            state = get_dispute_outcome(d, closed=True)
-            want = DisputeOutcome.CONFIRMED if d.accusation in proven else DisputeOutcome.REFUTED
-            assert state is want, (state, d.accusation.reason)
         slashes, penalties = compute_records(self.tally)
         self.check_records(slashes, penalties)
         executor_slashes = [r for r in slashes if r.offence is not Offence.VERIFIER_DOUBLE_VOTE]
@@ -475,6 +565,32 @@ class Drive:
             assert r.accusation is not None and r.accusation.evidence is not None
             assert audit_as_cli(r.accusation.evidence), r.accusation.reason
         double = {r.offender for r in slashes if r.offence is Offence.VERIFIER_DOUBLE_VOTE}
+        for pk, (behaviour, _) in self.byzantine.items():
+            if behaviour not in ("double-vote", "twins"):
+                assert pk not in double
+        if self.disturbed:
+            return
+        # Every message arrived in time: the outcome is exact.
+        expected = Outcome.REJECTED if proven else Outcome.CERTIFIED
+        assert outcome is expected, (outcome, expected)
+        if self.honest_rejected:
+            assert outcome is Outcome.REJECTED
+        if self.executor_honest:
+            assert outcome is Outcome.CERTIFIED
+        rounds = self.attempt.rounds
+        confirmed, refuted, undecided = (
+            DisputeOutcome.CONFIRMED,
+            DisputeOutcome.REFUTED,
+            DisputeOutcome.UNDECIDED,
+        )
+        for d in self.tally.disputes:
+            state = get_dispute_outcome(d, closed=True)
+            if d.digest in rounds:  # 2f+1 honest members decide every round that runs
+                want = confirmed if d.accusation in proven else refuted
+            else:  # no round: an earlier accusation was confirmed, or hashes decided it
+                assert d.confirmations == () and outcome is Outcome.REJECTED
+                want = confirmed if d.proven_without_model else undecided
+            assert state is want, (state, d.accusation.reason)
         penalised = {p.accuser for p in penalties}
         sent = {pk: get_byzantine_votes(*self.key(pk)) for pk in self.byzantine}
         for pk, (behaviour, _) in self.byzantine.items():
@@ -483,10 +599,10 @@ class Drive:
                 assert pk in double, "a double vote went unslashed"
             elif behaviour == "twins":
                 assert (pk in double) == (verdicts == {Verdict.ACCEPT, Verdict.REJECT})
-            else:
-                assert pk not in double
         for v in rejects:  # (e): a refuted accusation is penalised, a proven one is not
-            assert (v.verifier_key in penalised) == (v not in proven)
+            d = self.tally.dispute_of(v)
+            if d is not None and d.digest in rounds:
+                assert (v.verifier_key in penalised) == (v not in proven)
         if not self.executor_honest:
             return
         for pk, (behaviour, _) in self.byzantine.items():
@@ -498,7 +614,7 @@ class Drive:
         return self.sc.executor_mode, self.request_index, pk, b, liar
 
 
-# --- hypothesis: up to f byzantine members, messages in any order
+# --- hypothesis: up to f byzantine members; answers reordered, duplicated, dropped, cut short
 
 byzantine_members = st.lists(
     st.tuples(st.integers(0, 3), st.sampled_from(BEHAVIOURS), st.sampled_from(LIARS)),
@@ -508,7 +624,8 @@ byzantine_members = st.lists(
 
 
 class CommitteeMachine(RuleBasedStateMachine):
-    """Votes and confirmations of one committee arrive in the order hypothesis picks."""
+    """The attempt machine gets its answers in the order hypothesis picks; some twice, some
+    never, some after the deadline."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -524,23 +641,29 @@ class CommitteeMachine(RuleBasedStateMachine):
     ) -> None:
         self.drive = Drive.start(executor_mode, request_index, byzantine)
 
-    @precondition(lambda self: self.drive is not None and bool(self.drive.pending_votes))
-    @rule(i=st.integers(0, 7))
-    def deliver_vote(self, i: int) -> None:
-        assert self.drive is not None
-        self.drive.deliver_vote(i)
-
-    @precondition(lambda self: self.drive is not None)
-    @rule()
-    def open_disputes(self) -> None:
-        assert self.drive is not None
-        self.drive.open()
-
-    @precondition(lambda self: self.drive is not None and bool(self.drive.pending_confirmations))
+    @precondition(lambda self: self.drive is not None and bool(self.drive.pending))
     @rule(i=st.integers(0, 15))
-    def deliver_confirmation(self, i: int) -> None:
+    def deliver(self, i: int) -> None:
         assert self.drive is not None
-        self.drive.deliver_confirmation(i)
+        self.drive.deliver(i)
+
+    @precondition(lambda self: self.drive is not None and bool(self.drive.delivered))
+    @rule(i=st.integers(0, 15))
+    def duplicate(self, i: int) -> None:
+        assert self.drive is not None
+        self.drive.duplicate(i)
+
+    @precondition(lambda self: self.drive is not None and bool(self.drive.pending))
+    @rule(i=st.integers(0, 15))
+    def drop(self, i: int) -> None:
+        assert self.drive is not None
+        self.drive.drop(i)
+
+    @precondition(lambda self: self.drive is not None and not self.drive.settled)
+    @rule()
+    def deadline(self) -> None:
+        assert self.drive is not None
+        self.drive.fire()
 
     @invariant()
     def safe_at_every_step(self) -> None:
@@ -548,15 +671,15 @@ class CommitteeMachine(RuleBasedStateMachine):
             self.drive.check_step()
 
     def teardown(self) -> None:
-        if self.drive is not None:  # the deadline: whatever is still on its way arrives
+        if self.drive is not None:  # whatever is still on its way arrives, then the deadlines
             self.drive.drain()
             self.drive.check_final()
 
 
 TestCommitteeWithUpToFByzantine = CommitteeMachine.TestCase
 TestCommitteeWithUpToFByzantine.settings = settings(
-    max_examples=30,
-    stateful_step_count=20,
+    max_examples=40,
+    stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -573,17 +696,13 @@ TestCommitteeWithUpToFByzantine.settings = settings(
 def test_every_behaviour_against_every_executor(executor_mode, behaviour, liar):
     for member, reverse in itertools.product(range(3 * F + 1), (False, True)):
         drive = Drive.start(executor_mode, 0, [(member, behaviour, liar)])
-        if reverse:
-            drive.pending_votes.reverse()
-        while drive.pending_votes:
-            drive.deliver_vote(0)
-            drive.check_step()
-        drive.open()
-        if reverse:
-            drive.pending_confirmations.reverse()
-        while drive.pending_confirmations:
-            drive.deliver_confirmation(0)
-            drive.check_step()
+        while not drive.settled:
+            while drive.pending:
+                drive.deliver(-1 if reverse else 0)
+                drive.check_step()
+            if not drive.settled:
+                drive.fire()  # only silent members are still awaited
+        assert not drive.disturbed
         drive.check_final()
 
 
@@ -592,6 +711,7 @@ def test_no_byzantine_member_honest_outcomes():
     for mode, index in itertools.product(EXECUTOR_MODES, range(len(SKIP_LAYER_CATCHERS))):
         drive = Drive.start(mode, index, [])
         drive.drain()
+        assert not drive.disturbed
         drive.check_final()
         sc = drive.sc
         catchers = sum(v.verdict is Verdict.REJECT for v in sc.honest_votes.values())
@@ -605,7 +725,8 @@ def test_no_byzantine_member_honest_outcomes():
             assert catchers == SKIP_LAYER_CATCHERS[index]
         else:
             assert catchers == (0 if mode == "honest" else 4)
-        outcome = get_final_outcome(drive.tally)
+        assert drive.attempt.result is not None
+        outcome = drive.attempt.result.outcome
         assert outcome is (Outcome.REJECTED if catchers else Outcome.CERTIFIED), (mode, index)
 
 
@@ -615,19 +736,22 @@ def test_no_byzantine_member_honest_outcomes():
 def _f_plus_one(
     executor_mode: str, byzantine: dict[int, str], votes: Iterable[int], confs: Iterable[int]
 ) -> Drive:
-    """Return the drive with ``byzantine`` members, votes and confirmations in these orders."""
+    """Return the settled drive with ``byzantine`` members: the votes arrive in the order
+    ``votes``, the confirmations of each round in the order ``confs``."""
     drive = Drive.start(executor_mode, 0, [(i, b, "always-accept") for i, b in byzantine.items()])
-    drive.pending_votes = [drive.pending_votes[i] for i in votes]
-    while drive.pending_votes:
-        drive.deliver_vote(0)
+    drive.pending = [drive.pending[i] for i in votes]
+    while drive.attempt.phase is Phase.VOTING:
+        drive.deliver(0)
         assert get_outcome(drive.tally) in (Outcome.PENDING, Outcome.DISPUTED)
-    drive.open()
-    assert get_outcome(drive.tally) is Outcome.DISPUTED  # [CONFIRM.1]
-    drive.pending_confirmations = [drive.pending_confirmations[i] for i in confs]
-    while drive.pending_confirmations:
-        drive.deliver_confirmation(0)
-        # Never 2f+1 either way: open until a round is complete, then undecided.
-        assert get_outcome(drive.tally) in (Outcome.DISPUTED, Outcome.FAILED)
+    order = list(confs)
+    while not drive.settled:  # one round at a time
+        assert get_outcome(drive.tally) is Outcome.DISPUTED  # [CONFIRM.1]
+        drive.pending = [drive.pending[i] for i in order]
+        while drive.pending:
+            drive.deliver(0)
+            # Never 2f+1 either way: open until a round is complete, then undecided.
+            assert get_outcome(drive.tally) in (Outcome.DISPUTED, Outcome.FAILED)
+    assert not drive.disturbed
     return drive
 
 
@@ -638,7 +762,7 @@ def _write(tmp_path: Path, name: str, evidence: Evidence) -> Path:
 
 
 @settings(max_examples=10, deadline=None)
-@given(votes=st.permutations(range(4)), confs=st.permutations(range(8)))
+@given(votes=st.permutations(range(4)), confs=st.permutations(range(4)))
 def test_two_lying_rejecters_cannot_slash_an_honest_executor(votes, confs):
     drive = _f_plus_one("honest", {0: "always-reject", 1: "always-reject"}, votes, confs)
     liars = set(drive.byzantine)
@@ -659,7 +783,7 @@ def test_two_lying_rejecters_cannot_slash_an_honest_executor(votes, confs):
 
 
 def test_two_lying_rejecters_are_detected_by_bft_verify_audit(tmp_path, capsys):
-    drive = _f_plus_one("honest", {0: "always-reject", 1: "always-reject"}, range(4), range(8))
+    drive = _f_plus_one("honest", {0: "always-reject", 1: "always-reject"}, range(4), range(4))
     for i, d in enumerate(drive.tally.disputes):
         path = _write(tmp_path, f"made-up-{i}.pb", d.accusation.evidence)
         capsys.readouterr()
@@ -725,27 +849,35 @@ def test_partial_lie_evidence_is_proven_by_bft_verify_audit(tmp_path, capsys):
 @pytest.mark.parametrize("liar_first", [False, True], ids=["honest-first", "liar-first"])
 def test_a_confirmed_fraud_is_rejected_whatever_round_the_deadline_cuts(liar_first):
     # f = 1: one always-reject liar, whose made-up claim misses the skipped layer, and an
-    # honest member that caught the skip-layer lie. The honest accusation is confirmed by
-    # 2f+1; the deadline passes before the liar's round is decided.
+    # honest member that caught the skip-layer lie. Rounds run one accusation at a time, in
+    # the order the REJECTs came: liar first, the deadline cuts the liar's round short (no
+    # finding arrives) and the honest accusation's round confirms; honest first, its round
+    # confirms and the liar's never runs. Either way the attempt is REJECTED, the executor
+    # slashed and nobody penalised.
     catcher, _, (liar, _) = _partial_lie_committee()
     drive = Drive.start("skip-layer", 0, [(liar, "always-reject", "always-accept")])
     sc = drive.sc
-    lie = drive.pending_votes[liar]  # one vote per member, in committee order
-    caught = sc.honest_votes[sc.committee[catcher]]
-    assert caught.verdict is lie.verdict is Verdict.REJECT
-    assert not is_proven(lie.evidence) and is_proven(caught.evidence)
+    votes = [e for e in drive.pending if isinstance(e, VoteReceived)]
+    assert len(votes) == len(drive.pending) == 4  # one answer per member, in committee order
+    lie, caught = votes[liar], votes[catcher]
+    assert caught.vote == sc.honest_votes[sc.committee[catcher]]
+    assert caught.vote.verdict is lie.vote.verdict is Verdict.REJECT
+    assert not is_proven(lie.vote.evidence) and is_proven(caught.vote.evidence)
     first, second = (lie, caught) if liar_first else (caught, lie)
-    rest = [v for v in drive.pending_votes if v is not lie and v is not caught]
-    drive.pending_votes = [first, second, *rest]
-    while drive.pending_votes:
-        drive.deliver_vote(0)
-    drive.open()
-    for conf in drive.pending_confirmations:
-        if conf.accusation_digest == caught.signing_root():
-            drive.tally = process_confirmation_vote(drive.tally, conf)
-    # The deadline: the liar's round has no confirmation yet.
+    drive.pending = [first, second, *(e for e in votes if e is not lie and e is not caught)]
+    while drive.attempt.phase is Phase.VOTING:
+        drive.deliver(0)
+    if liar_first:
+        drive.pending.clear()  # the liar's round: its deadline passes with no finding
+        drive.fire()
+        assert lie.vote.signing_root() in drive.attempt.rounds
+    while drive.pending:  # the honest accusation's round
+        drive.deliver(0)
+    assert drive.settled
     slashes, penalties = compute_records(drive.tally)
     (slash,) = slashes
     assert slash.offence is Offence.EXECUTOR_FRAUD and penalties == ()
+    assert slash.accusation == caught.vote
     check_slash(slash, get_network().validator_set.vset)
-    assert get_final_outcome(drive.tally) is Outcome.REJECTED
+    assert drive.attempt.result is not None
+    assert drive.attempt.result.outcome is Outcome.REJECTED

@@ -20,6 +20,7 @@ from bft.byzantine import DoubleVoteVerifier, make_byzantine_verifier
 from bft.messages import Verdict
 from executor.byzantine import LayerTamperExecutor, make_byzantine_executor
 from executor.core import ExecutorCore
+from slashing.records import SlashRecord, compute_records
 from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,
@@ -56,10 +57,28 @@ def fraud(net) -> Run:
 
 @pytest.fixture(scope="session")
 def whole_run_fraud(net) -> Run:
-    """Tampered tokens: every member REJECTs with evidence, every accusation confirmed."""
+    """Tampered tokens: every member REJECTs with evidence; the first accusation is confirmed."""
     run = byzantine_run(net, "tamper-tokens", b"\xd1" * 16)
     assert [v.verdict for v in run.votes] == [Verdict.REJECT] * 4
     return run
+
+
+@pytest.fixture(scope="session")
+def whole_run_records(net, whole_run_fraud) -> tuple[SlashRecord, ...]:
+    """Four records of one offender: each accusation of ``whole_run_fraud`` confirmed by the
+    whole committee, as four assemblers that each asked about one of them would hold."""
+    run = whole_run_fraud
+    tally = run.tally
+    for d in tally.disputes:
+        for pk in tally.committee:
+            if any(c.verifier_key == pk for c in d.confirmations):
+                continue
+            conf = net.verifiers[pk].confirm(run.request, run.signed, d.accusation)
+            assert conf is not None
+            tally = process_confirmation_vote(tally, conf)
+    slashes, penalties = compute_records(tally)
+    assert len(slashes) == 4 and penalties == ()
+    return slashes
 
 
 @pytest.fixture(scope="session")

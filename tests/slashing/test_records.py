@@ -75,11 +75,17 @@ def test_executor_fraud_record(net, vset, fraud, fraud_record):
     assert is_valid_slash(r, vset)
 
 
-def test_whole_run_fraud_gives_a_record_per_accusation(vset, whole_run_fraud):
-    slashes, penalties = compute_records(whole_run_fraud.tally)
-    assert len(slashes) == 4 and penalties == ()
-    assert {r.offender for r in slashes} == {whole_run_fraud.signed.commitment.executor_key}
-    assert len({r.digest() for r in slashes}) == 4  # four proofs of one offender
+def test_whole_run_fraud_is_slashed_on_the_first_confirmed_accusation(vset, whole_run_fraud):
+    # Every member accuses; the first accusation's round confirms it and the others need no
+    # round ([ASM.7]: one accusation at a time, until one is confirmed).
+    tally = whole_run_fraud.tally
+    assert len(tally.disputes) == 4
+    first, *rest = tally.disputes
+    assert len(first.confirmations) == 4 and all(d.confirmations == () for d in rest)
+    slashes, penalties = compute_records(tally)
+    assert len(slashes) == 1 and penalties == ()
+    assert slashes[0].accusation == first.accusation
+    assert slashes[0].offender == whole_run_fraud.signed.commitment.executor_key
     for r in slashes:
         assert r.offence is Offence.EXECUTOR_FRAUD
         assert r.accusation.evidence.check is EvidenceCheck.EMBEDDING
@@ -174,8 +180,8 @@ def test_invalid_slash_with_a_repeated_confirmation(vset, fraud_record):
     refused(dataclasses.replace(fraud_record, confirmations=(c[0], c[1], c[0])), vset, "two")
 
 
-def test_invalid_slash_with_confirmations_for_another_accusation(vset, whole_run_fraud):
-    a, b, *_ = compute_records(whole_run_fraud.tally)[0]
+def test_invalid_slash_with_confirmations_for_another_accusation(vset, whole_run_records):
+    a, b, *_ = whole_run_records
     swapped = dataclasses.replace(a, confirmations=b.confirmations)
     refused(swapped, vset, "does not support")
 

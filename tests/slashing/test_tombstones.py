@@ -34,9 +34,9 @@ from tests.support import make_key
 
 
 @pytest.fixture(scope="module")
-def executor_records(whole_run_fraud, net) -> tuple[SlashRecord, ...]:
+def executor_records(whole_run_records, net) -> tuple[SlashRecord, ...]:
     """Four valid records against one executor (one per accusation)."""
-    slashes, _ = compute_records(whole_run_fraud.tally)
+    slashes = whole_run_records
     for r in slashes:
         check_slash(r, net.validator_set.vset)
     assert len(slashes) == 4 and len({r.offender for r in slashes}) == 1
