@@ -46,9 +46,9 @@ from bft.types import PublicKey, Signature
 from bft.validators import SignedValidatorSet, make_genesis
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
-from executor.byzantine import LayerTamperExecutor
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, load_tiny
+from simnet.executors import LayerTamperExecutor
 
 NETWORK_ID = "verihive-test"
 PROMPT = tuple(range(100, 120))  # 20 prompt tokens

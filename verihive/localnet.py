@@ -7,20 +7,18 @@ its own gRPC server on 127.0.0.1, and all a node learns of another comes over gR
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
 
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
-from bft.byzantine import make_byzantine_verifier
 from bft.crypto import SigningKey
 from bft.validators import make_genesis
 from bft.verifier import Thresholds, VerifierCore
 from executor.backend import DTYPES, Backend, TorchBackend
 from executor.batching import ExecutionBatcher
-from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
 from executor.thresholds import load_thresholds
@@ -58,6 +56,28 @@ class LocalNetConfig:
     executor_device: str = "cpu"
     executor_dtype: str = "float32"
     """The executors' compute dtype; their profile must be admitted by the verifiers."""
+
+
+ExecutorFault = Callable[[SigningKey, LoadedModel, LocalNetConfig], ExecutorCore]
+"""Build executor 0 with the given key in place of an honest one."""
+VerifierFault = Callable[[VerifierCore], tuple[VerifierCore, ...]]
+"""Return the cores served under verifier 0's key, given its honest core: one liar, or the
+honest core and a lying twin (two servers, one key)."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Byzantine nodes a driver puts into the network; ``None``: that node is honest.
+
+    This module knows no byzantine modes: the fault libraries (``simnet.localnet.local_faults``
+    for the CLI's ``--byzantine-*`` flags and the tests) build these.
+    """
+
+    executor: ExecutorFault | None = None
+    verifier: VerifierFault | None = None
+
+
+NO_FAULTS = Faults()
 
 
 def make_executor_backend(loaded: LoadedModel, config: LocalNetConfig) -> Backend:
@@ -118,12 +138,16 @@ def _serve(server: grpc.Server) -> str:
 
 @contextmanager
 def start_local_network(
-    loaded: LoadedModel, config: LocalNetConfig, exec_backend: Backend | None = None
+    loaded: LoadedModel,
+    config: LocalNetConfig,
+    exec_backend: Backend | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> Iterator[LocalNetwork]:
     """Start the network for ``loaded``; the byzantine executor, if any, is tried first.
 
     ``exec_backend``: the honest executors' backend if already built
-    (:func:`make_executor_backend`, which it defaults to).
+    (:func:`make_executor_backend`, which it defaults to). ``faults``: executor 0 and verifier 0
+    as a fault library builds them.
     """
     if config.num_verifiers < 3 * config.f + 1:
         raise ValueError(f"f={config.f} needs at least {3 * config.f + 1} verifiers")
@@ -138,17 +162,8 @@ def start_local_network(
         executor_addresses = []
         for i in range(config.num_executors):
             key = SigningKey.generate()
-            if i == 0 and config.byzantine_executor:
-                core = make_byzantine_executor(
-                    config.byzantine_executor,
-                    key,
-                    loaded.model,
-                    loaded.model_id,
-                    config.network_id,
-                    config.chunk_size,
-                    device=config.executor_device,
-                    dtype=DTYPES[config.executor_dtype],
-                )
+            if i == 0 and faults.executor is not None:
+                core = faults.executor(key, loaded, config)
             else:
                 core = ExecutorCore(
                     key, exec_backend, loaded.model_id, config.network_id, config.chunk_size
@@ -174,11 +189,9 @@ def start_local_network(
                 config.network_id,
                 config.thresholds,
             )
-            cores = [vcore]
-            if i == 0 and config.byzantine_verifier == "double-vote":
-                cores.append(make_byzantine_verifier("always-reject", vcore))  # the twin
-            elif i == 0 and config.byzantine_verifier:
-                cores = [make_byzantine_verifier(config.byzantine_verifier, vcore)]
+            cores: tuple[VerifierCore, ...] = (vcore,)
+            if i == 0 and faults.verifier is not None:
+                cores = faults.verifier(vcore)
             for vc in cores:
                 service = VerifierService(vc, backend.info.name)
                 server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)

@@ -23,7 +23,7 @@ FILES=(
     tests/bft/test_quorum.py
     tests/bft/test_sequence_check.py
     tests/bft/test_verifier.py
-    tests/executor/test_byzantine.py
+    tests/simnet/test_executors.py
     tests/executor/test_core.py
     tests/slashing
 )
