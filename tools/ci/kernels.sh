@@ -26,6 +26,7 @@ FILES=(
     tests/simnet/test_executors.py
     tests/executor/test_core.py
     tests/slashing
+    tests/trust
 )
 
 # The kernel sets this CPU offers, widest first (bench/kernels.py, [CAL.3]): the widest is the

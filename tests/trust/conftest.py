@@ -1,0 +1,5 @@
+"""The offences of the slashing tests, whose checked records the trust tests consume."""
+
+from tests.slashing.conftest import double_vote, false_accusation, whole_run_fraud
+
+__all__ = ["double_vote", "false_accusation", "whole_run_fraud"]
