@@ -43,7 +43,7 @@ def _executor_fault(mode: str) -> ExecutorFault:
             key,
             loaded.model,
             loaded.model_id,
-            config.network_id,
+            config.policy.network_id,
             config.chunk_size,
             device=config.executor_device,
             dtype=DTYPES[config.executor_dtype],

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM
+from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
 from bft.crypto import compute_node_id
 from bft.errors import Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
@@ -229,17 +229,21 @@ def infer_main(argv: list[str] | None = None) -> int:
 
     from executor.model import load_smollm2, load_tiny
     from simnet.localnet import local_faults
-    from verihive.localnet import LocalNetConfig, start_local_network
+    from verihive.localnet import DEFAULT_NETWORK_ID, LocalNetConfig, start_local_network
 
     start = time.monotonic()
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
-    config = LocalNetConfig(
-        num_executors=args.executors,
-        hedge=args.hedge,
-        hedge_verify_all=args.hedge_verify_all,
+    policy = AssemblerPolicy(
+        DEFAULT_NETWORK_ID,
         layers_per_verifier=args.layers_per_verifier,
         positions_per_verifier=args.positions_per_verifier,
         sequence_check_ppm=round(args.sequence_check * 1e6),
+        hedge=args.hedge,
+        hedge_verify_all=args.hedge_verify_all,
+    )
+    config = LocalNetConfig(
+        policy=policy,
+        num_executors=args.executors,
         executor_backend=args.executor_backend,
         executor_device=args.executor_device,
         executor_dtype=args.executor_dtype,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
+from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
 from bft.validators import make_genesis
 from bft.verifier import Thresholds, VerifierCore
@@ -34,22 +34,13 @@ DEFAULT_NETWORK_ID = "verihive-local"
 
 @dataclass(frozen=True)
 class LocalNetConfig:
-    """Shape of the embedded network. ``f``: tolerated faulty verifiers (committee 3f+1)."""
+    """Shape of the embedded network; ``policy.f``: tolerated faulty verifiers (committee 3f+1)."""
 
+    policy: AssemblerPolicy = field(default_factory=lambda: AssemblerPolicy(DEFAULT_NETWORK_ID))
+    """What the assembler binds into every request; its ``network_id`` is every node's."""
     num_executors: int = 2
     num_verifiers: int = 4
-    f: int = 1
-    layers_per_verifier: int = 2
-    positions_per_verifier: int = 4
-    sequence_check_ppm: int = DEFAULT_SEQUENCE_CHECK_PPM
-    hedge: int = 1
-    hedge_verify_all: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    byzantine_executor: str | None = None
-    byzantine_verifier: str | None = None
-    """Mode of ``bft.byzantine`` for verifier 0 (``double-vote``: an honest verifier plus a
-    lying twin server with the same key)."""
-    network_id: str = DEFAULT_NETWORK_ID
     thresholds: Thresholds = field(default_factory=load_thresholds)
     executor_backend: str = "torch"
     """``torch`` or ``vllm`` (a CUDA GPU with vLLM, [EXEC.7])."""
@@ -149,8 +140,9 @@ def start_local_network(
     (:func:`make_executor_backend`, which it defaults to). ``faults``: executor 0 and verifier 0
     as a fault library builds them.
     """
-    if config.num_verifiers < 3 * config.f + 1:
-        raise ValueError(f"f={config.f} needs at least {3 * config.f + 1} verifiers")
+    policy, network_id = config.policy, config.policy.network_id
+    if config.num_verifiers < 3 * policy.f + 1:
+        raise ValueError(f"f={policy.f} needs at least {3 * policy.f + 1} verifiers")
     backend = TorchBackend(loaded.model)  # the verifiers': torch-cpu-float32
     if exec_backend is None:
         exec_backend = make_executor_backend(loaded, config)
@@ -166,7 +158,7 @@ def start_local_network(
                 core = faults.executor(key, loaded, config)
             else:
                 core = ExecutorCore(
-                    key, exec_backend, loaded.model_id, config.network_id, config.chunk_size
+                    key, exec_backend, loaded.model_id, network_id, config.chunk_size
                 )
             server = make_server()
             batcher = None
@@ -186,7 +178,7 @@ def start_local_network(
                 loaded.model_id,
                 backend.info.num_layers,
                 backend.info.hidden_size,
-                config.network_id,
+                network_id,
                 config.thresholds,
             )
             cores: tuple[VerifierCore, ...] = (vcore,)
@@ -200,22 +192,13 @@ def start_local_network(
                 verifier_services.append(service)
                 verifier_addresses.append(_serve(server))
         executors = [
-            fetch_peer(a, "executor", loaded.model_id, config.network_id)
+            fetch_peer(a, "executor", loaded.model_id, network_id)
             for a in executor_addresses
         ]
         verifiers = [
-            fetch_peer(a, "verifier", loaded.model_id, config.network_id)
+            fetch_peer(a, "verifier", loaded.model_id, network_id)
             for a in verifier_addresses
         ]
-        policy = AssemblerPolicy(
-            network_id=config.network_id,
-            f=config.f,
-            layers_per_verifier=config.layers_per_verifier,
-            positions_per_verifier=config.positions_per_verifier,
-            sequence_check_ppm=config.sequence_check_ppm,
-            hedge=config.hedge,
-            hedge_verify_all=config.hedge_verify_all,
-        )
         node = AssemblerNode(
             SigningKey.generate(),
             policy,
@@ -223,7 +206,7 @@ def start_local_network(
             loaded.tokenizer,
             executors,
             verifiers,
-            make_genesis(config.network_id, verifier_keys),
+            make_genesis(network_id, verifier_keys),
         )
         server = make_server(max_workers=4)
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)

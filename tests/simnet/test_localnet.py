@@ -23,7 +23,7 @@ def test_executor_mode_builds_executor_zero(tiny):
     core = fault(key, tiny, config)
     assert isinstance(core, ReplayExecutor)
     assert core.key == key and core.model_id == tiny.model_id
-    assert (core.network_id, core.chunk_size) == (config.network_id, 8)
+    assert (core.network_id, core.chunk_size) == (config.policy.network_id, 8)
 
 
 @pytest.mark.parametrize("mode", VERIFIER_MODES)
