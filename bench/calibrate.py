@@ -8,7 +8,7 @@ kernel sets this CPU offers (``bench.kernels``: avx512, avx2, default), the exec
 and proving in a process under X and the verifier measuring in a process under Y. Every layer,
 every position, every output token.
 
-Cheat signals: the same measurements on executors from ``executor.byzantine``.
+Cheat signals: the same measurements on executors from ``simnet.executors``.
 
 Writes ``bench/results/calibration.json``, ``docs/calibration.md`` and the thresholds file
 ``executor/thresholds/torch-cpu-float32.json`` (``accept_max = F x honest max``,
@@ -42,10 +42,10 @@ from bft.messages import InferenceRequest, SamplingParams
 from bft.validators import ValidatorSet
 from bft.verifier import DEFAULT_PROFILE, compute_rel_errors
 from executor.backend import DTYPES, TorchBackend
-from executor.byzantine import make_byzantine_executor
 from executor.model import LoadedModel, load_smollm2
 from executor.thresholds import get_thresholds_path
 from merkle.sketch import SKETCH_CHUNK, compute_sketch, measure_chunk
+from simnet.executors import make_byzantine_executor
 
 NETWORK = "calibrate"
 PROMPTS = [

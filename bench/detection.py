@@ -1,6 +1,6 @@
 """Detection rates of every byzantine mode, against the sampling model; honest false rejects.
 
-For each mode in ``executor.byzantine.MODES``: ``--requests`` requests with the default policy
+For each mode in ``simnet.executors.MODES``: ``--requests`` requests with the default policy
 (k = 2 layers and m = 4 sampler positions per verifier, the sketch check with probability
 q = 0.1 per verifier, committee of n = 4, f = 1), SmolLM2,
 temperature 0.7, 8 output tokens (fixed length; ``--tokens``), run through the real protocol
@@ -49,12 +49,12 @@ from bft.types import PublicKey
 from bft.validators import ValidatorSet
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
-from executor.byzantine import MODES, PARTIAL_MODES, make_byzantine_executor
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
 from executor.thresholds import load_thresholds
 from merkle.sketch import measure_sketch
 from merkle.tiles import HEADER_SIZE
+from simnet.executors import MODES, PARTIAL_MODES, make_byzantine_executor
 from verihive.inprocess import Calls, drive
 
 RESULT_PATH = Path(__file__).resolve().parent / "results" / "detection.json"

@@ -34,12 +34,12 @@ from bft.crypto import SigningKey
 from bft.messages import InferenceRequest, SamplingParams, SignedCommitment
 from bft.validators import ValidatorSet
 from executor.backend import TorchBackend
-from executor.byzantine import MODES, make_byzantine_executor
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
 from executor.thresholds import load_thresholds
 from merkle.sketch import SKETCH_CHUNK, compute_sketch, measure_sketch
 from merkle.tiles import HEADER_SIZE
+from simnet.executors import MODES, make_byzantine_executor
 
 NETWORK = "sketch"
 TOPLOC_EXP_MAX, TOPLOC_MEAN_MAX, TOPLOC_MEDIAN_MAX = 90, 10.0, 8.0

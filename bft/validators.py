@@ -4,8 +4,9 @@ A validator set names the verifiers of one epoch with an integer trust weight ea
 signed object: the genesis set (epoch 0) is signed by every member and pinned by digest by
 whoever trusts it; the set of epoch ``e + 1`` names the digest of epoch ``e``'s set and is
 signed by members of that set holding more than two thirds of its trust, so a client holding
-any trusted set can follow the chain. Trust weights come from the reputation ledger; a
-tombstoned key never appears in a later set ([SLASH.3]).
+any trusted set can follow the chain. Trust weights are configuration at genesis and change only
+by [SLASH.5] (a tombstoned key never appears in a later set, [SLASH.3]) until the reputation
+ledger of issue [ledger] exists.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TAG_VALIDATOR_SET = "verihive/validator-set/v1"
 MAX_VALIDATORS = 1024
 MAX_TRUST = 1_000_000
 DEFAULT_TRUST = 100
-"""Trust of a validator with no history (the ledger raises and lowers it)."""
+"""Trust of a validator with no history (genesis configuration; penalties halve it, [SLASH.4])."""
 ZERO_DIGEST = Digest(b"\x00" * DIGEST_SIZE)
 
 

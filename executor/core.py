@@ -64,7 +64,7 @@ class ExecutorCore:
     """Runs requests on a backend, signs commitments and serves openings.
 
     Safe to call from several threads: calls for one request share one execution ([COMMIT.6]).
-    Subclasses in :mod:`executor.byzantine` override :meth:`compute_states` or
+    Subclasses in :mod:`simnet.executors` override :meth:`compute_states` or
     :meth:`compute_committed_tokens` to lie; the checks must catch them regardless.
     """
 

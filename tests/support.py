@@ -38,9 +38,9 @@ from bft.types import PublicKey, Signature
 from bft.validators import SignedValidatorSet, make_genesis
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
-from executor.byzantine import LayerTamperExecutor
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, load_tiny
+from simnet.executors import LayerTamperExecutor
 from verihive.inprocess import Calls, drive
 
 NETWORK_ID = "verihive-test"

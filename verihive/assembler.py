@@ -46,7 +46,7 @@ from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from slashing.records import Penalty, SlashRecord, check_penalty, check_slash, compute_records
-from slashing.tombstones import Tombstones
+from trust.tombstones import Tombstones
 from verihive.rpc import (
     INFO_TIMEOUT_S,
     MAX_OPEN_MESSAGE_BYTES,

@@ -13,17 +13,17 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM
-from bft.byzantine import VERIFIER_MODES
+from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
 from bft.crypto import compute_node_id
 from bft.errors import Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
 from bft.receipt import check_receipt
 from bft.types import PublicKey, short_hex
-from executor.byzantine import MODES
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from simnet.executors import MODES
+from simnet.verifiers import VERIFIER_MODES
 from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
 from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
 
@@ -228,19 +228,22 @@ def infer_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
 
     from executor.model import load_smollm2, load_tiny
-    from verihive.localnet import LocalNetConfig, start_local_network
+    from simnet.localnet import local_faults
+    from verihive.localnet import DEFAULT_NETWORK_ID, LocalNetConfig, start_local_network
 
     start = time.monotonic()
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
-    config = LocalNetConfig(
-        byzantine_executor=args.byzantine_executor,
-        byzantine_verifier=args.byzantine_verifier,
-        num_executors=args.executors,
-        hedge=args.hedge,
-        hedge_verify_all=args.hedge_verify_all,
+    policy = AssemblerPolicy(
+        DEFAULT_NETWORK_ID,
         layers_per_verifier=args.layers_per_verifier,
         positions_per_verifier=args.positions_per_verifier,
         sequence_check_ppm=round(args.sequence_check * 1e6),
+        hedge=args.hedge,
+        hedge_verify_all=args.hedge_verify_all,
+    )
+    config = LocalNetConfig(
+        policy=policy,
+        num_executors=args.executors,
         executor_backend=args.executor_backend,
         executor_device=args.executor_device,
         executor_dtype=args.executor_dtype,
@@ -261,7 +264,8 @@ def infer_main(argv: list[str] | None = None) -> int:
         exec_backend = make_executor_backend(loaded, config)
     except (ValueError, ImportError) as exc:
         p.error(str(exc))
-    with start_local_network(loaded, config, exec_backend) as net:
+    faults = local_faults(executor=args.byzantine_executor, verifier=args.byzantine_verifier)
+    with start_local_network(loaded, config, exec_backend, faults) as net:
         channel = make_channel(net.assembler_address, MAX_OPEN_MESSAGE_BYTES)
         try:
             stub = pb_grpc.AssemblerStub(channel)

@@ -7,20 +7,18 @@ its own gRPC server on 127.0.0.1, and all a node learns of another comes over gR
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
 
-from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
-from bft.byzantine import make_byzantine_verifier
+from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
 from bft.validators import make_genesis
 from bft.verifier import Thresholds, VerifierCore
 from executor.backend import DTYPES, Backend, TorchBackend
 from executor.batching import ExecutionBatcher
-from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
 from executor.thresholds import load_thresholds
@@ -36,28 +34,41 @@ DEFAULT_NETWORK_ID = "verihive-local"
 
 @dataclass(frozen=True)
 class LocalNetConfig:
-    """Shape of the embedded network. ``f``: tolerated faulty verifiers (committee 3f+1)."""
+    """Shape of the embedded network; ``policy.f``: tolerated faulty verifiers (committee 3f+1)."""
 
+    policy: AssemblerPolicy = field(default_factory=lambda: AssemblerPolicy(DEFAULT_NETWORK_ID))
+    """What the assembler binds into every request; its ``network_id`` is every node's."""
     num_executors: int = 2
     num_verifiers: int = 4
-    f: int = 1
-    layers_per_verifier: int = 2
-    positions_per_verifier: int = 4
-    sequence_check_ppm: int = DEFAULT_SEQUENCE_CHECK_PPM
-    hedge: int = 1
-    hedge_verify_all: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    byzantine_executor: str | None = None
-    byzantine_verifier: str | None = None
-    """Mode of ``bft.byzantine`` for verifier 0 (``double-vote``: an honest verifier plus a
-    lying twin server with the same key)."""
-    network_id: str = DEFAULT_NETWORK_ID
     thresholds: Thresholds = field(default_factory=load_thresholds)
     executor_backend: str = "torch"
     """``torch`` or ``vllm`` (a CUDA GPU with vLLM, [EXEC.7])."""
     executor_device: str = "cpu"
     executor_dtype: str = "float32"
     """The executors' compute dtype; their profile must be admitted by the verifiers."""
+
+
+ExecutorFault = Callable[[SigningKey, LoadedModel, LocalNetConfig], ExecutorCore]
+"""Build executor 0 with the given key in place of an honest one."""
+VerifierFault = Callable[[VerifierCore], tuple[VerifierCore, ...]]
+"""Return the cores served under verifier 0's key, given its honest core: one liar, or the
+honest core and a lying twin (two servers, one key)."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Byzantine nodes a driver puts into the network; ``None``: that node is honest.
+
+    This module knows no byzantine modes: the fault libraries (``simnet.localnet.local_faults``
+    for the CLI's ``--byzantine-*`` flags and the tests) build these.
+    """
+
+    executor: ExecutorFault | None = None
+    verifier: VerifierFault | None = None
+
+
+NO_FAULTS = Faults()
 
 
 def make_executor_backend(loaded: LoadedModel, config: LocalNetConfig) -> Backend:
@@ -118,15 +129,20 @@ def _serve(server: grpc.Server) -> str:
 
 @contextmanager
 def start_local_network(
-    loaded: LoadedModel, config: LocalNetConfig, exec_backend: Backend | None = None
+    loaded: LoadedModel,
+    config: LocalNetConfig,
+    exec_backend: Backend | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> Iterator[LocalNetwork]:
     """Start the network for ``loaded``; the byzantine executor, if any, is tried first.
 
     ``exec_backend``: the honest executors' backend if already built
-    (:func:`make_executor_backend`, which it defaults to).
+    (:func:`make_executor_backend`, which it defaults to). ``faults``: executor 0 and verifier 0
+    as a fault library builds them.
     """
-    if config.num_verifiers < 3 * config.f + 1:
-        raise ValueError(f"f={config.f} needs at least {3 * config.f + 1} verifiers")
+    policy, network_id = config.policy, config.policy.network_id
+    if config.num_verifiers < 3 * policy.f + 1:
+        raise ValueError(f"f={policy.f} needs at least {3 * policy.f + 1} verifiers")
     backend = TorchBackend(loaded.model)  # the verifiers': torch-cpu-float32
     if exec_backend is None:
         exec_backend = make_executor_backend(loaded, config)
@@ -138,20 +154,11 @@ def start_local_network(
         executor_addresses = []
         for i in range(config.num_executors):
             key = SigningKey.generate()
-            if i == 0 and config.byzantine_executor:
-                core = make_byzantine_executor(
-                    config.byzantine_executor,
-                    key,
-                    loaded.model,
-                    loaded.model_id,
-                    config.network_id,
-                    config.chunk_size,
-                    device=config.executor_device,
-                    dtype=DTYPES[config.executor_dtype],
-                )
+            if i == 0 and faults.executor is not None:
+                core = faults.executor(key, loaded, config)
             else:
                 core = ExecutorCore(
-                    key, exec_backend, loaded.model_id, config.network_id, config.chunk_size
+                    key, exec_backend, loaded.model_id, network_id, config.chunk_size
                 )
             server = make_server()
             batcher = None
@@ -171,14 +178,12 @@ def start_local_network(
                 loaded.model_id,
                 backend.info.num_layers,
                 backend.info.hidden_size,
-                config.network_id,
+                network_id,
                 config.thresholds,
             )
-            cores = [vcore]
-            if i == 0 and config.byzantine_verifier == "double-vote":
-                cores.append(make_byzantine_verifier("always-reject", vcore))  # the twin
-            elif i == 0 and config.byzantine_verifier:
-                cores = [make_byzantine_verifier(config.byzantine_verifier, vcore)]
+            cores: tuple[VerifierCore, ...] = (vcore,)
+            if i == 0 and faults.verifier is not None:
+                cores = faults.verifier(vcore)
             for vc in cores:
                 service = VerifierService(vc, backend.info.name)
                 server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
@@ -187,22 +192,13 @@ def start_local_network(
                 verifier_services.append(service)
                 verifier_addresses.append(_serve(server))
         executors = [
-            fetch_peer(a, "executor", loaded.model_id, config.network_id)
+            fetch_peer(a, "executor", loaded.model_id, network_id)
             for a in executor_addresses
         ]
         verifiers = [
-            fetch_peer(a, "verifier", loaded.model_id, config.network_id)
+            fetch_peer(a, "verifier", loaded.model_id, network_id)
             for a in verifier_addresses
         ]
-        policy = AssemblerPolicy(
-            network_id=config.network_id,
-            f=config.f,
-            layers_per_verifier=config.layers_per_verifier,
-            positions_per_verifier=config.positions_per_verifier,
-            sequence_check_ppm=config.sequence_check_ppm,
-            hedge=config.hedge,
-            hedge_verify_all=config.hedge_verify_all,
-        )
         node = AssemblerNode(
             SigningKey.generate(),
             policy,
@@ -210,7 +206,7 @@ def start_local_network(
             loaded.tokenizer,
             executors,
             verifiers,
-            make_genesis(config.network_id, verifier_keys),
+            make_genesis(network_id, verifier_keys),
         )
         server = make_server(max_workers=4)
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)

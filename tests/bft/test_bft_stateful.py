@@ -106,7 +106,6 @@ from bft.attempt import (
     Verify,
     VoteReceived,
 )
-from bft.byzantine import DoubleVoteVerifier, make_byzantine_verifier
 from bft.confirmation import Confirmation, DisputeOutcome, Finding, get_dispute_outcome
 from bft.errors import Ignore, ProtocolError
 from bft.evidence import AuditModel, audit_evidence, spot_audit_vote
@@ -121,11 +120,12 @@ from bft.messages import (
 from bft.receipt import Receipt, check_receipt
 from bft.types import Digest, PublicKey
 from bft.verifier import Session, Thresholds, VerifierCore
-from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
 from executor.thresholds import load_thresholds
 from proto import convert
 from proto import verihive_pb2 as pb
+from simnet.executors import make_byzantine_executor
+from simnet.verifiers import DoubleVoteVerifier, make_byzantine_verifier
 from slashing.records import (
     Offence,
     Penalty,

@@ -1,7 +1,7 @@
 """Confirmation rounds: the committee re-checks a REJECT's evidence. [CONFIRM.1]-[CONFIRM.5]
 
 Real evidence comes from the verifier core against byzantine executors of
-:mod:`executor.byzantine` on the tiny model; made-up evidence is signed by committee members
+:mod:`simnet.executors` on the tiny model; made-up evidence is signed by committee members
 against the honest run of :mod:`tests.support`. Every honest member audits the accusation with
 its own model: it CONFIRMs what is true and REFUTEs what is not. 2f+1 of either decides.
 """
@@ -16,7 +16,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bft.assembler import Outcome, get_outcome, open_disputes, process_confirmation_vote
-from bft.byzantine import make_byzantine_verifier
 from bft.confirmation import (
     Confirmation,
     Dispute,
@@ -36,10 +35,11 @@ from bft.evidence import AuditResult
 from bft.messages import MAX_STRING, Evidence, EvidenceCheck, InferenceRequest, Verdict, Vote
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.verifier import VerifierCore
-from executor.byzantine import LayerTamperExecutor, make_byzantine_executor
 from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
+from simnet.executors import LayerTamperExecutor, make_byzantine_executor
+from simnet.verifiers import make_byzantine_verifier
 from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,
@@ -303,7 +303,7 @@ def test_honest_members_refute_made_up_evidence(net, run, claim):
 
 
 def test_honest_members_refute_an_always_reject_verifiers_accusation(net, run):
-    # bft.byzantine's always-reject invents a layer error against the honest executor.
+    # simnet.verifiers's always-reject invents a layer error against the honest executor.
     member = run.tally.committee[2]
     liar = make_byzantine_verifier("always-reject", net.verifiers[member])
 

@@ -1,7 +1,7 @@
 """Evidence and its audit: a REJECT proves misbehaviour to anyone, and nothing else does.
 
 [EVID.1]-[EVID.4]. Proven evidence comes from the real verifier core against the real byzantine
-executors of :mod:`executor.byzantine` (and two local ones for the commitment and length rules);
+executors of :mod:`simnet.executors` (and two local ones for the commitment and length rules);
 made-up evidence is built from the honest run of :mod:`tests.support`.
 """
 
@@ -13,7 +13,6 @@ import functools
 import pytest
 
 from bft.assembler import check_commitment
-from bft.byzantine import make_byzantine_verifier
 from bft.errors import BadSignature, Ignore, Reject
 from bft.evidence import (
     MODEL_FREE_CHECKS,
@@ -26,8 +25,9 @@ from bft.messages import Evidence, EvidenceCheck, OpeningResponse, TileRef, Verd
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId
 from bft.verifier import Thresholds
-from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
+from simnet.executors import make_byzantine_executor
+from simnet.verifiers import make_byzantine_verifier
 from tests.support import (
     NETWORK_ID,
     Network,
@@ -417,7 +417,7 @@ def _layer_tiles(layer: int, chunks: tuple[int, ...]) -> list[TileRef]:
 
 
 def test_spot_audit_fails_a_lazy_always_accept_vote(net, run, member, response, auditor):
-    # bft.byzantine's always-accept signs the right shape with made-up zero measurements.
+    # simnet.verifiers's always-accept signs the right shape with made-up zero measurements.
     lazy = make_byzantine_verifier("always-accept", net.verifiers[member])
     vote = lazy.run(run.request, run.signed, lambda s: pytest.fail("a lazy verifier fetches"))
     assert vote.verdict is Verdict.ACCEPT

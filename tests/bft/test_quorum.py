@@ -30,7 +30,6 @@ from bft.assembler import (
     process_confirmation_vote,
     process_vote,
 )
-from bft.byzantine import make_byzantine_verifier
 from bft.confirmation import Finding
 from bft.errors import BadSignature, Ignore, Malformed, Reject
 from bft.messages import (
@@ -47,6 +46,7 @@ from bft.types import Digest, Signature
 from bft.validators import Validator, ValidatorSet
 from bft.verifier import Band, Thresholds, VerifierCore
 from merkle.sketch import SketchCheck
+from simnet.verifiers import make_byzantine_verifier
 from tests.support import (
     NETWORK_ID,
     PROMPT,
@@ -530,7 +530,7 @@ def confirm_all(tally: Tally, confirmers) -> Tally:
 
 
 def liars(net: Network, tally: Tally, mode: str, which) -> list:
-    """Return committee members ``which`` (indexes) as ``mode`` verifiers of bft.byzantine."""
+    """Return committee members ``which`` (indexes) as ``mode`` verifiers of simnet.verifiers."""
     return [make_byzantine_verifier(mode, net.verifiers[tally.committee[i]]) for i in which]
 
 

@@ -25,7 +25,6 @@ from bft.verifier import (
     compute_commitment_problem,
     measure_sequence,
 )
-from executor.byzantine import BadSketchExecutor, LayerTamperExecutor, make_byzantine_executor
 from executor.core import ExecutorCore
 from merkle.sketch import (
     SKETCH_CHUNK,
@@ -34,6 +33,7 @@ from merkle.sketch import (
     count_sketch_chunks,
     measure_sketch,
 )
+from simnet.executors import BadSketchExecutor, LayerTamperExecutor, make_byzantine_executor
 from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,

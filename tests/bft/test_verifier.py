@@ -30,9 +30,9 @@ from bft.verifier import (
     compute_rel_errors,
 )
 from executor.backend import TorchBackend
-from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
 from proto import convert
+from simnet.executors import make_byzantine_executor
 from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,

@@ -21,8 +21,8 @@ from bft.errors import Unavailable
 from bft.messages import InferenceRequest, SamplingParams, SignedCommitment
 from executor.backend import TorchBackend
 from executor.batching import ExecutionBatcher
-from executor.byzantine import EquivocateExecutor
 from executor.core import ExecutorCore
+from simnet.executors import EquivocateExecutor
 from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, get_tiny, make_key, run_together
 
 SAMPLED = SamplingParams(temperature=1.0, max_new_tokens=4, stop_at_eos=False)

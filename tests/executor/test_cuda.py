@@ -19,12 +19,12 @@ from bft.evidence import AuditModel, audit_evidence
 from bft.messages import EvidenceCheck, InferenceRequest, SamplingParams, Verdict
 from bft.verifier import Thresholds, VerifierCore, compute_rel_errors
 from executor.backend import TorchBackend
-from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
 from executor.model import LoadedModel
 from executor.sampler import sample_token
 from executor.sampler_torch import ProtocolSamplerRows, SamplerRow, sample_token_torch
 from executor.thresholds import get_thresholds_path, load_thresholds
+from simnet.executors import make_byzantine_executor
 from tests.support import CHUNK_SIZE, NETWORK_ID, Network, get_network, get_tiny, make_key
 
 pytestmark = [

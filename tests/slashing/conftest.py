@@ -1,8 +1,8 @@
 """Real offences on the tiny model, for the slashing tests. [SLASH.1]-[SLASH.5]
 
 Each fixture is one closed tally from :mod:`tests.support` with its confirmation round run by
-the committee's own verifier cores: byzantine executors of :mod:`executor.byzantine` (fraud,
-model-free evidence), a double-voting verifier of :mod:`bft.byzantine`, and a false accuser.
+the committee's own verifier cores: byzantine executors of :mod:`simnet.executors` (fraud,
+model-free evidence), a double-voting verifier of :mod:`simnet.verifiers`, and a false accuser.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from bft.assembler import (
     process_confirmation_vote,
     process_vote,
 )
-from bft.byzantine import DoubleVoteVerifier, make_byzantine_verifier
 from bft.messages import Verdict
-from executor.byzantine import LayerTamperExecutor, make_byzantine_executor
 from executor.core import ExecutorCore
+from simnet.executors import LayerTamperExecutor, make_byzantine_executor
+from simnet.verifiers import DoubleVoteVerifier, make_byzantine_verifier
 from slashing.records import SlashRecord, compute_records
 from tests.support import (
     CHUNK_SIZE,

@@ -11,12 +11,12 @@ import dataclasses
 import pytest
 
 from bft.assembler import Outcome, Tally, get_final_outcome, get_outcome
-from bft.byzantine import make_byzantine_verifier
 from bft.confirmation import Confirmation, Finding
 from bft.errors import BadSignature, Reject
 from bft.messages import EvidenceCheck, Verdict
 from bft.types import PublicKey
 from bft.validators import Validator, ValidatorSet
+from simnet.verifiers import make_byzantine_verifier
 from slashing.records import (
     Offence,
     Penalty,

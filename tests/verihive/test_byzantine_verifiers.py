@@ -1,7 +1,7 @@
 """Byzantine verifiers over real gRPC on loopback (tiny model, f = 1). [GUAR.1]-[GUAR.4]
 
 Verifier 0 of :func:`verihive.localnet.start_local_network` lies as one mode of
-:mod:`bft.byzantine`; the network has 4 verifiers, so every committee holds all of them and
+:mod:`simnet.verifiers`; the network has 4 verifiers, so every committee holds all of them and
 the liar sits on each. With an honest executor every mode still ends in a certified request
 whose receipt passes ``check_receipt`` against the pinned validator set, with exactly what the
 mode earns:
@@ -32,7 +32,6 @@ from typing import Any
 import pytest
 
 from bft.assembler import Outcome
-from bft.byzantine import VERIFIER_MODES
 from bft.challenge import compute_commitment_challenge
 from bft.confirmation import Finding
 from bft.crypto import compute_node_id
@@ -46,6 +45,8 @@ from executor.thresholds import load_thresholds
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from simnet.localnet import local_faults
+from simnet.verifiers import VERIFIER_MODES
 from slashing.records import Offence, check_penalty, check_slash
 from verihive.assembler import AttemptResult
 from verihive.cli import infer_main
@@ -57,8 +58,9 @@ SAMPLING = SamplingParams(max_new_tokens=8)
 
 
 @contextmanager
-def _network(tiny: LoadedModel, **config: Any) -> Iterator[LocalNetwork]:
-    with start_local_network(tiny, LocalNetConfig(**config)) as net:
+def _network(tiny: LoadedModel, **modes: str) -> Iterator[LocalNetwork]:
+    """Start the embedded network with ``modes`` (``executor=``, ``verifier=``) of simnet."""
+    with start_local_network(tiny, LocalNetConfig(), faults=local_faults(**modes)) as net:
         yield net
 
 
@@ -114,7 +116,7 @@ def _spot_audit(attempt: AttemptResult, tiny: LoadedModel) -> dict[PublicKey, bo
 
 @pytest.mark.parametrize("mode", VERIFIER_MODES)
 def test_byzantine_verifier_with_an_honest_executor(tiny, mode):
-    with _network(tiny, byzantine_verifier=mode) as net:
+    with _network(tiny, verifier=mode) as net:
         node, liar = net.assembler, _liar(net)
         vset = node.validator_set.vset
         for round_ in (1, 2):  # the node set keeps serving
@@ -170,8 +172,7 @@ def test_byzantine_verifier_with_an_honest_executor(tiny, mode):
 
 
 def test_lazy_accepter_cannot_save_a_cheating_executor(tiny):
-    config = {"byzantine_verifier": "always-accept", "byzantine_executor": "int8-weights"}
-    with _network(tiny, **config) as net:
+    with _network(tiny, verifier="always-accept", executor="int8-weights") as net:
         node, liar = net.assembler, _liar(net)
         vset = node.validator_set.vset
         text, attempts = node.infer(PROMPT, SAMPLING)

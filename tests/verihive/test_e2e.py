@@ -10,8 +10,8 @@ import pytest
 
 from bft.errors import ProtocolError
 from bft.receipt import check_receipt
-from executor.byzantine import WHOLE_RUN_MODES
 from proto import convert
+from simnet.executors import WHOLE_RUN_MODES
 from verihive.cli import infer_main, verify_main
 from verihive.receipts import receipt_from_json
 

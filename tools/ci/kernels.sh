@@ -23,9 +23,10 @@ FILES=(
     tests/bft/test_quorum.py
     tests/bft/test_sequence_check.py
     tests/bft/test_verifier.py
-    tests/executor/test_byzantine.py
+    tests/simnet/test_executors.py
     tests/executor/test_core.py
     tests/slashing
+    tests/trust
 )
 
 # The kernel sets this CPU offers, widest first (bench/kernels.py, [CAL.3]): the widest is the

@@ -1,4 +1,4 @@
-"""Byzantine executors: named ways to lie, reused by tests, the CLI, benchmarks and simnet.
+"""Byzantine executors: named ways to lie, for tests, benchmarks and ``--byzantine-executor``.
 
 Every mode signs what it sends: a lie must be caught by the verifiers' checks, never by a flag
 the liar sets. Whole-run cheats change every layer or every position and must be caught on

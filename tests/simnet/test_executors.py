@@ -14,7 +14,8 @@ from bft.assembler import Outcome, check_commitment, get_final_outcome
 from bft.errors import Ignore, Reject
 from bft.evidence import AuditModel, audit_evidence
 from bft.messages import InferenceRequest, Verdict
-from executor.byzantine import (
+from executor.core import ExecutorCore
+from simnet.executors import (
     MODES,
     PARTIAL_MODES,
     SELECTIVE_REQUEST_RATE,
@@ -22,7 +23,6 @@ from executor.byzantine import (
     LayerTamperExecutor,
     make_byzantine_executor,
 )
-from executor.core import ExecutorCore
 from tests.support import (
     CHUNK_SIZE,
     NETWORK_ID,

@@ -29,8 +29,8 @@ from slashing.records import (
     check_slash,
     compute_records,
 )
-from slashing.tombstones import Tombstones, next_validator_set
 from tests.support import make_key
+from trust.tombstones import Tombstones, next_validator_set
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Byzantine verifiers: named ways to vote falsely, reused by tests, the CLI and simnet.
+"""Byzantine verifiers: named ways to vote falsely, for tests and ``--byzantine-verifier``.
 
 docs/spec/bft.md lists the modes and the guarantees they are tested against ([GUAR.1]-[GUAR.7]).
 
