@@ -254,6 +254,11 @@ Event = (
 class Machine(Protocol):
     """What a driver needs of a machine: :class:`Attempt` and :class:`InferenceMachine`."""
 
+    @property
+    def done(self) -> bool:
+        """Return whether the machine has nothing left to do."""
+        ...
+
     def start(self) -> list[Action]:
         """Return the first actions."""
         ...
@@ -341,6 +346,11 @@ class Attempt:
     def phase(self) -> Phase:
         """Return where the attempt stands."""
         return self.state.phase
+
+    @property
+    def done(self) -> bool:
+        """Return whether the attempt is over (settled or cancelled)."""
+        return self.state.phase in (Phase.SETTLED, Phase.CANCELLED)
 
     @property
     def tally(self) -> Tally | None:

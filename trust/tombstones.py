@@ -12,9 +12,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from bft.assembler import Tally
 from bft.types import Digest, PublicKey
 from bft.validators import Validator, ValidatorSet
-from slashing.records import Penalty, SlashRecord
+from slashing.records import Penalty, SlashRecord, check_penalty, check_slash, compute_records
 
 PENALTY_NUMERATOR, PENALTY_DENOMINATOR = 1, 2
 """A refuted accusation keeps the accuser ``1/2`` of its trust (floor, at least 1)."""
@@ -87,6 +88,27 @@ class Tombstones:
                 for p in self._penalties.values()
                 if p.accuser == key and (epoch is None or p.request.epoch == epoch)
             )
+
+
+def process_tally(
+    tombstones: Tombstones, tally: Tally, vset: ValidatorSet
+) -> tuple[tuple[SlashRecord, ...], tuple[Penalty, ...]]:
+    """Check and keep what the settled ``tally`` proves; return its new slashes and penalties.
+
+    The attempt machine's ``Settled`` action asks for this ([ASM.7]); a record this node cannot
+    defend (``check_slash`` fails) is a bug, not a slash, and raises. One slash per key,
+    however many records ([SLASH.3]).
+    """
+    slashes, penalties = compute_records(tally)
+    new_slashes = []
+    for r in slashes:
+        check_slash(r, vset)
+        if tombstones.add(r):
+            new_slashes.append(r)
+    for p in penalties:
+        check_penalty(p, vset)
+        tombstones.add_penalty(p)
+    return tuple(new_slashes), penalties
 
 
 def next_validator_set(vset: ValidatorSet, tombstones: Tombstones) -> ValidatorSet:

@@ -45,8 +45,8 @@ from bft.validators import SignedValidatorSet, check_validator_set
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
-from slashing.records import Penalty, SlashRecord, check_penalty, check_slash, compute_records
-from trust.tombstones import Tombstones
+from slashing.records import Penalty, SlashRecord
+from trust.tombstones import Tombstones, process_tally
 from verihive.rpc import (
     INFO_TIMEOUT_S,
     MAX_OPEN_MESSAGE_BYTES,
@@ -188,21 +188,6 @@ class AssemblerNode:
         out = list(result.output_tokens)
         return str(self.tokenizer.decode(out, skip_special_tokens=True)), attempts
 
-    def _record(self, tally: Tally) -> tuple[tuple[SlashRecord, ...], tuple[Penalty, ...]]:
-        """Check and keep what the tally proves; return the new slashes and penalties."""
-        slashes, penalties = compute_records(tally)
-        vset = self.validator_set.vset
-        new_slashes = []
-        for r in slashes:
-            check_slash(r, vset)  # a record this node cannot defend is a bug, not a slash
-            if self.tombstones.add(r):  # one slash per key, however many records [SLASH.3]
-                log.info("slashed %s: %s", _node(r.offender), r.offence.value)
-                new_slashes.append(r)
-        for p in penalties:
-            check_penalty(p, vset)
-            self.tombstones.add_penalty(p)
-        return tuple(new_slashes), penalties
-
     def receipt_of(self, attempt: AttemptResult) -> pb.Receipt | None:
         """Return the receipt of a certified attempt, else ``None``."""
         if attempt.outcome is not Outcome.CERTIFIED or attempt.tally is None:
@@ -302,7 +287,13 @@ class _GrpcRun:
         """Record what a settled attempt's tally proves. [SLASH.1]-[SLASH.3]"""
         key = (result.executor.address, result.request.request_id)
         seconds = time.monotonic() - self.started.get(key, time.monotonic())
-        slashes, penalties = self.node._record(result.tally) if result.tally else ((), ())
+        slashes: tuple[SlashRecord, ...] = ()
+        penalties: tuple[Penalty, ...] = ()
+        if result.tally is not None:
+            vset = self.node.validator_set.vset
+            slashes, penalties = process_tally(self.node.tombstones, result.tally, vset)
+        for r in slashes:
+            log.info("slashed %s: %s", _node(r.offender), r.offence.value)
         self.records[result.attempt] = (seconds, slashes, penalties)
 
     def attempt_of(self, result: MachineAttempt) -> AttemptResult:

@@ -109,7 +109,7 @@ def drive(machine: Machine, calls: Calls, deadlines: bool = True) -> Trace:
             event = answer(calls, action)
             if event is not None:
                 queue.extend(feed(machine, event, trace))
-        if not deadlines or not timers:
+        if machine.done or not deadlines or not timers:
             return trace
         queue.extend(feed(machine, TimerFired(timers.popleft()), trace))
 
