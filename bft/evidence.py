@@ -35,7 +35,7 @@ from bft.verifier import (
     measure_sequence,
     open_tiles,
 )
-from merkle.sketch import SketchError
+from merkle.errors import SketchError
 
 MODEL_FREE_CHECKS = frozenset({EvidenceCheck.EQUIVOCATION, EvidenceCheck.OPENING})
 

@@ -24,7 +24,8 @@ from bft.types import (
     PublicKey,
     Signature,
 )
-from merkle.sketch import SketchCheck, SketchError, check_sketch_shape
+from merkle.errors import SketchError
+from merkle.sketch import SketchCheck, check_sketch_shape
 from merkle.tree import MerkleProof
 
 TAG_REQUEST = "verihive/request/v1"

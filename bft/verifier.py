@@ -38,10 +38,10 @@ from bft.types import Digest, ModelId, Signature
 
 if TYPE_CHECKING:
     from bft.confirmation import Confirmation
+from merkle.errors import BadProof, BadTile, MalformedProof, SketchError
 from merkle.sketch import (
     SKETCH_CHUNK,
     SketchCheck,
-    SketchError,
     check_sketch_shape,
     measure_sketch,
 )
@@ -227,11 +227,16 @@ def open_tiles(
         index = compute_leaf_index(tile.boundary, tile.chunk, c.num_chunks)
         if o.proof.leaf_index != index:
             raise Reject(f"tile ({tile.boundary},{tile.chunk}) opened at the wrong leaf index")
-        check_inclusion(c.merkle_root, c.num_leaves, o.leaf, o.proof)  # [REJECT] bad opening
         rows = min(c.chunk_size, len(c.tokens) - tile.chunk * c.chunk_size)
-        out[tile] = decode_tile(
-            o.leaf, boundary=tile.boundary, chunk=tile.chunk, rows=rows, cols=c.hidden_size
-        )
+        try:
+            check_inclusion(c.merkle_root, c.num_leaves, o.leaf, o.proof)  # [REJECT] bad opening
+            out[tile] = decode_tile(
+                o.leaf, boundary=tile.boundary, chunk=tile.chunk, rows=rows, cols=c.hidden_size
+            )
+        except MalformedProof as exc:
+            raise Malformed(str(exc)) from exc
+        except (BadProof, BadTile) as exc:  # the executor signed the root and the leaf's hash
+            raise Reject(str(exc)) from exc
     return out
 
 

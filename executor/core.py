@@ -260,7 +260,7 @@ class ExecutorCore:
             num_layers=self.backend.info.num_layers,
             hidden_size=self.backend.info.hidden_size,
             chunk_size=self.chunk_size,
-            merkle_root=tree.root,
+            merkle_root=Digest(tree.root),
             num_leaves=tree.size,
             sketch=self.compute_sketch(states),
             settings=self.backend.info.settings,

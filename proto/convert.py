@@ -32,6 +32,7 @@ from bft.messages import (
 from bft.receipt import Receipt
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.validators import Endorsement, SignedValidatorSet, Validator, ValidatorSet
+from merkle.errors import MalformedProof
 from merkle.sketch import SketchCheck
 from merkle.tree import MAX_PROOF_STEPS, MerkleProof, ProofStep
 from proto import verihive_pb2 as pb
@@ -193,7 +194,10 @@ def proof_from_pb(m: pb.MerkleProof) -> MerkleProof:
         tree_size=m.tree_size,
         steps=tuple(ProofStep(bit=s.bit, digest=Digest(s.digest)) for s in m.steps),
     )
-    p.validate()
+    try:
+        p.validate()
+    except MalformedProof as exc:
+        raise Malformed(str(exc)) from None
     return p
 
 

@@ -28,10 +28,13 @@ from bft.verifier import (
     VerifierCore,
     compute_length_violation,
     compute_rel_errors,
+    open_tiles,
 )
 from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
+from merkle.tiles import HEADER_SIZE
+from merkle.tree import ActivationTree
 from proto import convert
 from tests.support import (
     CHUNK_SIZE,
@@ -444,6 +447,35 @@ def test_invalid_openings_of_a_second_signed_root_get_reject_as_equivocation(net
     ev = vote.evidence
     assert ev is not None and ev.check is EvidenceCheck.EQUIVOCATION
     assert (ev.signed, ev.other) == (run.signed, other)
+
+
+def test_invalid_tile_under_the_signed_root_is_a_reject(net, run):
+    # merkle raises its own BadTile; at the core's boundary a tile whose hash the executor
+    # signed into its root is provable: Reject, as [TILE.3] and [OPEN.3] say.
+    c = run.signed.commitment
+    every = tuple(TileRef(b, k) for b in range(c.num_layers + 1) for k in range(c.num_chunks))
+    leaves = [o.leaf for o in net.executor.on_open(run.signed.digest, every).openings]
+    leaves[0] = leaves[0][: HEADER_SIZE - 1]
+    tree = ActivationTree(leaves)
+    signed = resign_commitment(run.signed, net.executor_key, merkle_root=Digest(tree.root))
+    opening = TileOpening(TileRef(0, 0), leaves[0], tree.prove(0))
+    response = OpeningResponse(NETWORK_ID, signed.digest, (opening,), Signature(b""))
+    with pytest.raises(Reject, match="shorter than its header"):
+        open_tiles(signed, response)
+
+
+def test_invalid_proof_at_the_core_is_malformed_or_reject(run, member):
+    # merkle's MalformedProof is Malformed at the core, its BadProof a Reject. [MERKLE.3]
+    response = run.responses[member]
+    o = response.openings[0]
+    shapeless = dataclasses.replace(
+        o.proof, steps=(dataclasses.replace(o.proof.steps[0], bit=2), *o.proof.steps[1:])
+    )
+    bad = dataclasses.replace(response, openings=(dataclasses.replace(o, proof=shapeless),))
+    with pytest.raises(Malformed, match="bad bit"):
+        open_tiles(run.signed, bad)
+    with pytest.raises(Reject, match="inclusion proof"):
+        open_tiles(run.signed, _with_flipped_proof_step(response))
 
 
 @pytest.mark.parametrize("how", ["no-commitment", "unsigned", "other-request", "other-executor"])
