@@ -22,7 +22,8 @@ from bft.crypto import SigningKey, check_signature, compute_node_id
 from bft.encoding import Canonical, compute_signing_root
 from bft.errors import Ignore, Malformed, Reject
 from bft.evidence import MODEL_FREE_CHECKS, AuditModel, AuditResult, audit_evidence
-from bft.messages import MAX_STRING, InferenceRequest, SignedCommitment, Verdict, Vote
+from bft.limits import MAX_TEXT, check_network_id
+from bft.messages import InferenceRequest, SignedCommitment, Verdict, Vote
 from bft.types import (
     DIGEST_SIZE,
     PUBLIC_KEY_SIZE,
@@ -82,9 +83,8 @@ class Confirmation:
         ):
             if len(value) != size:
                 raise Malformed(f"confirmation {what} must be {size} bytes")
-        if not self.network_id or len(self.network_id.encode()) > MAX_STRING:
-            raise Malformed("confirmation network_id must be 1..256 bytes")
-        if len(self.detail) > 4 * MAX_STRING:
+        check_network_id(self.network_id, "confirmation network_id")
+        if len(self.detail) > MAX_TEXT:
             raise Malformed("confirmation detail too long")
         if not isinstance(self.finding, Finding):
             raise Malformed("unknown finding")
@@ -137,7 +137,7 @@ def sign_confirmation(key: SigningKey, accusation: Vote, result: AuditResult) ->
         verifier_key=key.public_key,
         finding=Finding.CONFIRM if result.proven else Finding.REFUTE,
         measured=result.measured if math.isfinite(result.measured) else 0.0,
-        detail=result.detail[: 4 * MAX_STRING],
+        detail=result.detail[:MAX_TEXT],
     )
     return replace(unsigned, signature=key.sign(unsigned.signing_root()))
 

@@ -20,8 +20,8 @@ import numpy.typing as npt
 from bft.challenge import Challenge, compute_commitment_challenge
 from bft.crypto import SigningKey, is_valid_signature
 from bft.errors import Ignore, Malformed, ProtocolError, Reject
+from bft.limits import MAX_TOKENS
 from bft.messages import (
-    MAX_TOKENS,
     Evidence,
     EvidenceCheck,
     InferenceRequest,

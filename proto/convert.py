@@ -12,9 +12,8 @@ from google.protobuf.message import Message
 
 from bft.confirmation import Confirmation, Finding
 from bft.errors import Malformed
+from bft.limits import MAX_LAYERS, MAX_LEAVES, MAX_OPENINGS, MAX_TEXT, MAX_VALIDATORS
 from bft.messages import (
-    MAX_LAYERS,
-    MAX_LEAVES,
     Commitment,
     Evidence,
     EvidenceCheck,
@@ -37,9 +36,6 @@ from merkle.sketch import SketchCheck
 from merkle.tree import MAX_PROOF_STEPS, MerkleProof, ProofStep
 from proto import verihive_pb2 as pb
 from slashing.records import Offence, SlashRecord
-
-MAX_VALIDATORS = 4096
-MAX_OPENINGS = 1 << 16
 
 
 def _require(msg: Message, name: str) -> None:
@@ -351,7 +347,7 @@ def evidence_from_pb(m: pb.Evidence) -> Evidence:
         raise Malformed(f"unknown evidence check {m.check}")
     _require(m, "request")
     _require(m, "commitment")
-    if len(m.detail) > 1024:
+    if len(m.detail) > MAX_TEXT:
         raise Malformed("evidence detail too long")
     return Evidence(
         check=_CHECKS_BACK[m.check],

@@ -29,7 +29,8 @@ from bft.assembler import (
 from bft.confirmation import Confirmation, DisputeOutcome, get_dispute_outcome
 from bft.crypto import SigningKey, compute_node_id
 from bft.errors import Malformed, ProtocolError
-from bft.messages import MAX_TOKENS, InferenceRequest, SamplingParams, Vote
+from bft.limits import MAX_TOKENS
+from bft.messages import InferenceRequest, SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
 from bft.validators import SignedValidatorSet, check_validator_set
 from proto import convert

@@ -33,7 +33,8 @@ from bft.confirmation import (
 from bft.crypto import SigningKey
 from bft.errors import BadSignature, Ignore, Malformed, Reject
 from bft.evidence import AuditResult
-from bft.messages import MAX_STRING, Evidence, EvidenceCheck, InferenceRequest, Verdict, Vote
+from bft.limits import MAX_STRING
+from bft.messages import Evidence, EvidenceCheck, InferenceRequest, Verdict, Vote
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.verifier import VerifierCore
 from executor.byzantine import LayerTamperExecutor, make_byzantine_executor
