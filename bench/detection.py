@@ -50,6 +50,7 @@ from bft.assembler import (
 from bft.crypto import SigningKey
 from bft.errors import ProtocolError
 from bft.messages import InferenceRequest, OpeningResponse, SamplingParams, SignedCommitment, Vote
+from bft.thresholds import load_thresholds
 from bft.types import NodeId
 from bft.validators import ValidatorSet
 from bft.verifier import Session, VerifierCore
@@ -57,7 +58,6 @@ from executor.backend import TorchBackend
 from executor.byzantine import MODES, PARTIAL_MODES, make_byzantine_executor
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
-from executor.thresholds import load_thresholds
 from merkle.sketch import measure_sketch
 from merkle.tiles import HEADER_SIZE
 

@@ -39,13 +39,14 @@ import torch
 from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
+from bft.measure import Thresholds
 from bft.messages import InferenceRequest, SamplingParams, SignedCommitment, Vote
+from bft.thresholds import get_thresholds_path, load_thresholds, read_thresholds
 from bft.validators import ValidatorSet
-from bft.verifier import Session, Thresholds, VerifierCore
+from bft.verifier import Session, VerifierCore
 from executor.backend import DTYPES, Backend, TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, get_smollm2_dir, load_smollm2, load_tiny
-from executor.thresholds import get_thresholds_path, load_thresholds, read_thresholds
 
 NETWORK = "bench-gpu"
 PROMPTS = [

@@ -23,6 +23,7 @@ from bft.encoding import Canonical, compute_signing_root
 from bft.errors import Ignore, Malformed, Reject
 from bft.evidence import MODEL_FREE_CHECKS, AuditModel, AuditResult, audit_evidence
 from bft.limits import MAX_TEXT, check_network_id
+from bft.measure import Thresholds
 from bft.messages import InferenceRequest, SignedCommitment, Verdict, Vote
 from bft.types import (
     DIGEST_SIZE,
@@ -33,7 +34,6 @@ from bft.types import (
     PublicKey,
     Signature,
 )
-from bft.verifier import Thresholds
 
 TAG_CONFIRMATION = "verihive/confirmation/v1"
 

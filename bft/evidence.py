@@ -15,16 +15,7 @@ import numpy.typing as npt
 
 from bft.crypto import is_valid_signature
 from bft.errors import ProtocolError, Reject
-from bft.messages import (
-    Evidence,
-    EvidenceCheck,
-    OpeningResponse,
-    SignedCommitment,
-    TileRef,
-    Vote,
-)
-from bft.types import ModelId
-from bft.verifier import (
+from bft.measure import (
     LayerModel,
     Thresholds,
     compute_commitment_problem,
@@ -35,6 +26,15 @@ from bft.verifier import (
     measure_sequence,
     open_tiles,
 )
+from bft.messages import (
+    Evidence,
+    EvidenceCheck,
+    OpeningResponse,
+    SignedCommitment,
+    TileRef,
+    Vote,
+)
+from bft.types import ModelId
 from merkle.errors import SketchError
 
 MODEL_FREE_CHECKS = frozenset({EvidenceCheck.EQUIVOCATION, EvidenceCheck.OPENING})

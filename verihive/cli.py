@@ -324,7 +324,7 @@ def _read_message(path: Path, message: M) -> M:
 def _audit(path: Path, model: str) -> int:
     """Run ``bft-verify audit``; print one line; return the exit code. [EVID.4]"""
     from bft.evidence import MODEL_FREE_CHECKS, audit_evidence
-    from executor.thresholds import load_thresholds
+    from bft.thresholds import load_thresholds
 
     try:
         evidence = convert.evidence_from_pb(_read_message(path, pb.Evidence()))
@@ -373,8 +373,8 @@ def _check_slash_file(path: Path, model: str) -> int:
     """Run ``bft-verify slash``: endorsements, committee and quorum, then the evidence. [SLASH.1]"""
     from bft.confirmation import is_model_free
     from bft.evidence import audit_evidence
+    from bft.thresholds import load_thresholds
     from bft.validators import check_validator_set
-    from executor.thresholds import load_thresholds
     from slashing.records import check_slash
 
     try:

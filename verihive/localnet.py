@@ -16,14 +16,15 @@ import grpc
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
 from bft.byzantine import make_byzantine_verifier
 from bft.crypto import SigningKey
+from bft.measure import Thresholds
+from bft.thresholds import load_thresholds
 from bft.validators import make_genesis
-from bft.verifier import Thresholds, VerifierCore
+from bft.verifier import VerifierCore
 from executor.backend import DTYPES, Backend, TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
-from executor.thresholds import load_thresholds
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server

@@ -22,10 +22,10 @@ from bft.evidence import (
     audit_evidence,
     spot_audit_vote,
 )
+from bft.measure import Thresholds
 from bft.messages import Evidence, EvidenceCheck, OpeningResponse, TileRef, Verdict
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId
-from bft.verifier import Thresholds
 from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
 from tests.support import (

@@ -26,7 +26,7 @@ def test_network_id_of_1_to_256_utf8_bytes_is_valid(network_id):
 )
 def test_invalid_network_id(network_id):
     assert not is_valid_network_id(network_id)
-    with pytest.raises(Malformed, match="confirmation network_id must be 1..256 bytes"):
+    with pytest.raises(Malformed, match=r"confirmation network_id must be 1\.\.256 bytes"):
         check_network_id(network_id, "confirmation network_id")
 
 

@@ -33,6 +33,7 @@ from bft.assembler import (
 from bft.byzantine import make_byzantine_verifier
 from bft.confirmation import Finding
 from bft.errors import BadSignature, Ignore, Malformed, Reject
+from bft.measure import Band, Thresholds
 from bft.messages import (
     Evidence,
     EvidenceCheck,
@@ -45,7 +46,7 @@ from bft.quorum import QuorumCertificate, check_quorum_certificate, check_vote
 from bft.receipt import check_receipt
 from bft.types import Digest, Signature
 from bft.validators import Validator, ValidatorSet
-from bft.verifier import Band, Thresholds, VerifierCore
+from bft.verifier import VerifierCore
 from merkle.sketch import SketchCheck
 from tests.support import (
     NETWORK_ID,

@@ -16,15 +16,10 @@ import pytest
 from bft.assembler import Outcome, get_final_outcome
 from bft.errors import BadSignature, Malformed
 from bft.evidence import AuditModel, audit_evidence
+from bft.measure import Band, Thresholds, compute_commitment_problem, measure_sequence
 from bft.messages import Evidence, EvidenceCheck, Verdict, Vote
 from bft.quorum import check_vote
-from bft.verifier import (
-    Band,
-    Thresholds,
-    VerifierCore,
-    compute_commitment_problem,
-    measure_sequence,
-)
+from bft.verifier import VerifierCore
 from executor.byzantine import BadSketchExecutor, LayerTamperExecutor, make_byzantine_executor
 from executor.core import ExecutorCore
 from merkle.sketch import (

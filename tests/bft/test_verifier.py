@@ -9,6 +9,7 @@ import pytest
 
 from bft.challenge import Challenge, compute_commitment_challenge
 from bft.errors import BadSignature, Ignore, Malformed, Reject, Unavailable
+from bft.measure import Band, Thresholds, compute_length_violation, compute_rel_errors, open_tiles
 from bft.messages import (
     EvidenceCheck,
     OpeningResponse,
@@ -21,15 +22,7 @@ from bft.messages import (
 )
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId, Signature
-from bft.verifier import (
-    Band,
-    Session,
-    Thresholds,
-    VerifierCore,
-    compute_length_violation,
-    compute_rel_errors,
-    open_tiles,
-)
+from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore

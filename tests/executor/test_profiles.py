@@ -15,22 +15,18 @@ import numpy as np
 import pytest
 import torch
 
+from bft import thresholds as thresholds_module
 from bft.errors import Malformed, ProtocolError
 from bft.evidence import AuditModel, audit_evidence
+from bft.measure import DEFAULT_PROFILE, Band, Thresholds
 from bft.messages import EvidenceCheck, InferenceRequest, SamplingParams, SignedCommitment, Verdict
-from bft.verifier import DEFAULT_PROFILE, Band, Thresholds, VerifierCore
+from bft.thresholds import get_thresholds_path, is_admitted, load_thresholds, read_thresholds
+from bft.verifier import VerifierCore
 from executor import backend as backend_module
-from executor import thresholds as thresholds_module
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, compute_model_id
 from executor.sampler import compute_sampler_margin, sample_token
-from executor.thresholds import (
-    get_thresholds_path,
-    is_admitted,
-    load_thresholds,
-    read_thresholds,
-)
 from tests.support import CHUNK_SIZE, NETWORK_ID, Network, get_tiny, make_key, verify
 
 TOKENS = list(range(100, 128))  # 28 positions
