@@ -3,13 +3,14 @@
 Verifiers measure, thresholds decide (house style 8): the functions here re-execute what a
 commitment claims and return measurements; a :class:`Thresholds` table of :class:`Band` s
 (configuration with units, calibrated per execution profile in :mod:`bft.thresholds`) puts
-each measurement in a zone. The verifier (:mod:`bft.verifier`) and any auditor
+each measurement in a :class:`Zone`. The verifier (:mod:`bft.verifier`) and any auditor
 (:mod:`bft.evidence`) share these, so neither imports the other. The model is injected as a
 :class:`LayerModel`, so this module holds no torch code.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,7 @@ import numpy.typing as npt
 from bft.errors import Malformed, Reject
 from bft.limits import MAX_TOKENS
 from bft.messages import (
+    EvidenceCheck,
     InferenceRequest,
     LayerCheck,
     OpeningResponse,
@@ -84,6 +86,14 @@ DEFAULT_PROFILE = "torch-cpu-float32"
 """The reference execution profile: torch on the CPU in float32. [EXEC.5]"""
 
 
+class Zone(enum.IntEnum):
+    """Where a measurement falls in its band, in increasing severity. [VERIFY.4]"""
+
+    ACCEPT = 0
+    GREY = 1
+    REJECT = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Band:
     """Accept at or below ``accept_max``; reject above ``reject_min``; between: grey."""
@@ -91,11 +101,11 @@ class Band:
     accept_max: float
     reject_min: float
 
-    def classify(self, value: float) -> str:
-        """Return ``"accept"``, ``"grey"`` or ``"reject"`` for ``value``."""
+    def classify(self, value: float) -> Zone:
+        """Return the zone of ``value``; a NaN is :attr:`Zone.REJECT` (fail closed)."""
         if value <= self.accept_max:
-            return "accept"
-        return "grey" if value <= self.reject_min else "reject"
+            return Zone.ACCEPT
+        return Zone.GREY if value <= self.reject_min else Zone.REJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,16 @@ class Thresholds:
     def profiles(self) -> tuple[str, ...]:
         """Return the executor profiles this verifier admits, its own first. [EXEC.5]"""
         return (self.profile, *(t.profile for t in self.others))
+
+    def band(self, check: EvidenceCheck) -> Band:
+        """Return the band that judges measurements of ``check`` (a measured check). [VERIFY.4]"""
+        bands = {
+            EvidenceCheck.LAYER: self.layer,
+            EvidenceCheck.EMBEDDING: self.embedding,
+            EvidenceCheck.SAMPLER: self.sampler,
+            EvidenceCheck.SEQUENCE: self.sequence,
+        }
+        return bands[check]
 
     def select(self, profile: str) -> Thresholds | None:
         """Return the bands for commitments of executor ``profile``, or ``None`` if unadmitted."""

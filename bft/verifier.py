@@ -9,9 +9,10 @@ code.
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,6 +27,7 @@ from bft.measure import (
     LayerModel,
     Measurements,
     Thresholds,
+    Zone,
     compute_commitment_problem,
     compute_length_violation,
     measure_embedding,
@@ -313,67 +315,16 @@ class VerifierCore:
     ) -> Session | Vote:
         """Apply the thresholds to ``m``: REJECT, escalate once on grey, or ACCEPT. [VERIFY.4]"""
         t = self.thresholds.require(session.signed.commitment.profile)
-        req, signed = session.request, session.signed
-        findings: list[tuple[str, Evidence, str]] = []
-        cls = t.embedding.classify(m.embedding_error)
-        why = f"boundary 0 differs from the token embeddings ({m.embedding_error:.3g})"
-        findings.append(
-            (
-                cls,
-                Evidence(
-                    EvidenceCheck.EMBEDDING,
-                    req,
-                    signed,
-                    response,
-                    measured=m.embedding_error,
-                    detail=why,
-                ),
-                why,
-            )
-        )
-        for lc in m.layer_checks:
-            why = f"layer {lc.layer} recomputes with error {lc.max_rel_error:.3g}"
-            ev = Evidence(
-                EvidenceCheck.LAYER,
-                req,
-                signed,
-                response,
-                layer=lc.layer,
-                position=lc.worst_position,
-                measured=lc.max_rel_error,
-                detail=why,
-            )
-            findings.append((t.layer.classify(lc.max_rel_error), ev, why))
-        for sc in m.sampler_checks:
-            why = f"token at position {sc.position} is not the sampler's choice"
-            why += f" (margin {sc.margin:.3g})"
-            ev = Evidence(
-                EvidenceCheck.SAMPLER,
-                req,
-                signed,
-                response,
-                position=sc.position,
-                measured=sc.margin,
-                detail=why,
-            )
-            findings.append((t.sampler.classify(sc.margin), ev, why))
-        if m.sequence is not None:
-            sq = m.sequence
-            why = f"sketch chunk {sq.chunk} mismatches on {sq.mismatch:.3g} of its top entries"
-            ev = Evidence(
-                EvidenceCheck.SEQUENCE,
-                req,
-                signed,
-                position=sq.chunk * SKETCH_CHUNK,
-                measured=sq.mismatch,
-                detail=why,
-            )
-            findings.append((t.sequence.classify(sq.mismatch), ev, why))
-        rejects = [f for f in findings if f[0] == "reject"]
-        if rejects:
-            worst = max(rejects, key=lambda f: f[1].measured / _reject_scale(t, f[1].check))
-            return self.compute_vote(session, Verdict.REJECT, worst[2], m, evidence=worst[1])
-        if any(f[0] == "grey" for f in findings) and not session.escalated:
+        results = compute_check_results(m)
+        zones = [t.band(r.check).classify(r.measured) for r in results]
+        step = DECISIONS[max(zones), session.escalated]
+        if step is Step.REJECT:
+            rejects = [r for r, zone in zip(results, zones, strict=True) if zone is Zone.REJECT]
+            worst = max(rejects, key=lambda r: r.measured / max(t.band(r.check).reject_min, 1e-30))
+            evidence = compute_evidence(session, response, worst)
+            return self.compute_vote(session, Verdict.REJECT, worst.why, m, evidence=evidence)
+        if step is Step.ESCALATE:
+            signed, req = session.signed, session.request
             challenge = compute_commitment_challenge(
                 session.challenge_signature, signed.commitment, req, escalated=True
             )
@@ -381,12 +332,91 @@ class VerifierCore:
         return self.compute_vote(session, Verdict.ACCEPT, "", m)
 
 
-def _reject_scale(t: Thresholds, check: EvidenceCheck) -> float:
-    band = {
-        EvidenceCheck.LAYER: t.layer,
-        EvidenceCheck.EMBEDDING: t.embedding,
-        EvidenceCheck.SEQUENCE: t.sequence,
-    }.get(check, t.sampler)
-    return max(band.reject_min, 1e-30)
+class Step(enum.Enum):
+    """What a verifier does after one pass of checks. [VERIFY.4], [VERIFY.7]"""
+
+    REJECT = "reject"
+    ESCALATE = "escalate"
+    ACCEPT = "accept"
 
 
+DECISIONS: Mapping[tuple[Zone, bool], Step] = {
+    # (most severe zone among the pass's checks, challenge already escalated): next step
+    (Zone.REJECT, False): Step.REJECT,
+    (Zone.REJECT, True): Step.REJECT,
+    (Zone.GREY, False): Step.ESCALATE,  # once, to the doubled challenge [VERIFY.7]
+    (Zone.GREY, True): Step.ACCEPT,  # grey never rejects
+    (Zone.ACCEPT, False): Step.ACCEPT,
+    (Zone.ACCEPT, True): Step.ACCEPT,
+}
+"""The verifier's decision over its checks, as a table. [VERIFY.4], [VERIFY.7]
+
+Every measured check (``layer``, ``embedding``, ``sampler``, ``sequence``) is judged by its own
+band (:meth:`Thresholds.band`) and counts alike: a REJECT names the reject finding with the
+largest ``measured / reject_min``.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One measured check of a pass: which, its measurement, where, and the reason text."""
+
+    check: EvidenceCheck
+    measured: float
+    why: str
+    layer: int = 0
+    position: int = 0
+
+
+def compute_check_results(m: Measurements) -> tuple[CheckResult, ...]:
+    """Return the checks of ``m`` in [VERIFY.4] order: embedding, layers, samplers, sequence."""
+    e = m.embedding_error
+    results = [
+        CheckResult(
+            EvidenceCheck.EMBEDDING, e, f"boundary 0 differs from the token embeddings ({e:.3g})"
+        )
+    ]
+    results += [
+        CheckResult(
+            EvidenceCheck.LAYER,
+            lc.max_rel_error,
+            f"layer {lc.layer} recomputes with error {lc.max_rel_error:.3g}",
+            layer=lc.layer,
+            position=lc.worst_position,
+        )
+        for lc in m.layer_checks
+    ]
+    results += [
+        CheckResult(
+            EvidenceCheck.SAMPLER,
+            sc.margin,
+            f"token at position {sc.position} is not the sampler's choice"
+            f" (margin {sc.margin:.3g})",
+            position=sc.position,
+        )
+        for sc in m.sampler_checks
+    ]
+    if m.sequence is not None:
+        sq = m.sequence
+        why = f"sketch chunk {sq.chunk} mismatches on {sq.mismatch:.3g} of its top entries"
+        results.append(
+            CheckResult(EvidenceCheck.SEQUENCE, sq.mismatch, why, position=sq.chunk * SKETCH_CHUNK)
+        )
+    return tuple(results)
+
+
+def compute_evidence(session: Session, response: OpeningResponse, r: CheckResult) -> Evidence:
+    """Return the evidence of the reject finding ``r``. [EVID.1]
+
+    A sequence claim carries no openings ([SKETCH.5]); every other carries ``response``.
+    """
+    return Evidence(
+        r.check,
+        session.request,
+        session.signed,
+        None if r.check is EvidenceCheck.SEQUENCE else response,
+        layer=r.layer,
+        position=r.position,
+        measured=r.measured,
+        detail=r.why,
+    )

@@ -9,7 +9,14 @@ import pytest
 
 from bft.challenge import Challenge, compute_commitment_challenge
 from bft.errors import BadSignature, Ignore, Malformed, Reject, Unavailable
-from bft.measure import Band, Thresholds, compute_length_violation, compute_rel_errors, open_tiles
+from bft.measure import (
+    Band,
+    Thresholds,
+    Zone,
+    compute_length_violation,
+    compute_rel_errors,
+    open_tiles,
+)
 from bft.messages import (
     EvidenceCheck,
     OpeningResponse,
@@ -22,7 +29,7 @@ from bft.messages import (
 )
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId, Signature
-from bft.verifier import Session, VerifierCore
+from bft.verifier import DECISIONS, Session, Step, VerifierCore
 from executor.backend import TorchBackend
 from executor.byzantine import make_byzantine_executor
 from executor.core import ExecutorCore
@@ -277,13 +284,43 @@ def test_measurement_equal_to_threshold_passes(net, run, member):
 def test_band_classifies_with_inclusive_edges():
     band = Band(1e-5, 1e-4)
     assert [band.classify(x) for x in (0.0, 1e-5, 2e-5, 1e-4, 1.1e-4, float("inf"))] == [
-        "accept",
-        "accept",
-        "grey",
-        "grey",
-        "reject",
-        "reject",
+        Zone.ACCEPT,
+        Zone.ACCEPT,
+        Zone.GREY,
+        Zone.GREY,
+        Zone.REJECT,
+        Zone.REJECT,
     ]
+    assert band.classify(float("nan")) is Zone.REJECT  # fail closed
+
+
+MEASURED = (
+    EvidenceCheck.LAYER,
+    EvidenceCheck.EMBEDDING,
+    EvidenceCheck.SAMPLER,
+    EvidenceCheck.SEQUENCE,
+)
+
+
+def test_each_measured_check_has_its_own_band():
+    t = Thresholds(Band(1, 2), Band(3, 4), Band(5, 6), Band(7, 8))
+    assert [t.band(c) for c in MEASURED] == [t.layer, t.embedding, t.sampler, t.sequence]
+    with pytest.raises(KeyError):
+        t.band(EvidenceCheck.OPENING)
+
+
+@pytest.mark.parametrize("escalated", [False, True])
+@pytest.mark.parametrize("zone", list(Zone))
+def test_decision_table(zone, escalated):
+    # [VERIFY.4]: any reject finding rejects; [VERIFY.7]: grey escalates once and never rejects.
+    step = DECISIONS[zone, escalated]
+    if zone is Zone.REJECT:
+        assert step is Step.REJECT
+    elif zone is Zone.GREY and not escalated:
+        assert step is Step.ESCALATE
+    else:
+        assert step is Step.ACCEPT
+    assert len(DECISIONS) == 2 * len(Zone)
 
 
 @pytest.mark.parametrize(

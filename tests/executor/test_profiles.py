@@ -18,7 +18,7 @@ import torch
 from bft import thresholds as thresholds_module
 from bft.errors import Malformed, ProtocolError
 from bft.evidence import AuditModel, audit_evidence
-from bft.measure import DEFAULT_PROFILE, Band, Thresholds
+from bft.measure import DEFAULT_PROFILE, Band, Thresholds, Zone
 from bft.messages import EvidenceCheck, InferenceRequest, SamplingParams, SignedCommitment, Verdict
 from bft.thresholds import get_thresholds_path, is_admitted, load_thresholds, read_thresholds
 from bft.verifier import VerifierCore
@@ -588,7 +588,7 @@ def test_a_null_band_switches_a_check_off_for_the_pair(tmp_path):
     path.write_text(band_file(1e-3, layer={"accept_max": None, "reject_min": None}))
     t = read_thresholds(path, "e-bfloat16")
     assert t.layer == Band(math.inf, math.inf)
-    assert t.layer.classify(1e300) == "accept"
+    assert t.layer.classify(1e300) is Zone.ACCEPT
     assert t.sampler == band(1e-3, "sampler")
 
 
