@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from bft.crypto import SigningKey, check_signature, compute_node_id
 from bft.encoding import Canonical, compute_signing_root
-from bft.errors import Ignore, Malformed, Reject
+from bft.errors import CannotJudge, Ignore, Malformed, Reject
 from bft.evidence import MODEL_FREE_CHECKS, AuditModel, AuditResult, audit_evidence
 from bft.limits import MAX_TEXT, check_network_id
 from bft.measure import Thresholds
@@ -117,13 +117,14 @@ def audit_accusation(
 ) -> AuditResult | None:
     """Return the audit of ``accusation``'s evidence, or ``None`` when it cannot be judged here.
 
-    ``None`` means the claim needs a model this node does not hold: it abstains.
+    ``None`` means :class:`CannotJudge`: the claim needs a model, or bands for an execution
+    profile, this node does not hold; it abstains. Any other error propagates. [CONFIRM.2]
     """
     if accusation.evidence is None:
         raise Malformed("an accusation is a REJECT vote with evidence")
     try:
         return audit_evidence(accusation.evidence, auditor, thresholds)
-    except ValueError:
+    except CannotJudge:
         return None
 
 

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bft.errors import Malformed, Reject
+from bft.errors import CannotJudge, Malformed, Reject
 from bft.limits import MAX_TOKENS
 from bft.messages import (
     EvidenceCheck,
@@ -152,10 +152,10 @@ class Thresholds:
         return next((t for t in (self, *self.others) if t.profile == profile), None)
 
     def require(self, profile: str) -> Thresholds:
-        """Return :meth:`select`'s bands or raise :class:`ValueError` (cannot judge)."""
+        """Return :meth:`select`'s bands or raise :class:`CannotJudge`. [EXEC.5]"""
         t = self.select(profile)
         if t is None:
-            raise ValueError(f"no calibrated bands for executor profile {profile}")
+            raise CannotJudge(f"no calibrated bands for executor profile {profile}")
         return t
 
 

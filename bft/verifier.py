@@ -113,7 +113,8 @@ class VerifierCore:
     ) -> Confirmation | None:
         """Audit ``accusation``'s evidence with this verifier's model; sign the finding.
 
-        Returns ``None`` (abstain) when the claim needs a model this verifier does not hold.
+        Returns ``None`` (abstain) when this verifier cannot judge the claim (:class:`CannotJudge`:
+        no model, or no bands, for it).
         Raises :class:`ProtocolError` when the accusation is not a signed REJECT about
         ``signed`` for ``request``. [CONFIRM.2]
         """

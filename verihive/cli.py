@@ -16,7 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM
 from bft.byzantine import VERIFIER_MODES
 from bft.crypto import compute_node_id
-from bft.errors import Malformed, ProtocolError
+from bft.errors import CannotJudge, Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
 from bft.receipt import check_receipt
 from bft.types import PublicKey, short_hex
@@ -342,7 +342,7 @@ def _audit(path: Path, model: str) -> int:
             return 3
     try:
         result = audit_evidence(evidence, auditor, load_thresholds())
-    except ValueError as exc:  # e.g. no calibrated bands for the accused's profile [EXEC.5]
+    except CannotJudge as exc:  # no model or no calibrated bands for the claim [EXEC.5]
         print(f"cannot audit: {exc}")
         return 3
     verdict = "proven" if result.proven else "not proven"
@@ -402,7 +402,7 @@ def _check_slash_file(path: Path, model: str) -> int:
         return 3
     try:
         result = audit_evidence(acc.evidence, auditor, load_thresholds())
-    except ValueError as exc:  # e.g. no calibrated bands for the accused's profile [EXEC.5]
+    except CannotJudge as exc:  # no model or no calibrated bands for the claim [EXEC.5]
         print(f"cannot audit: {exc}")
         return 3
     if not result.proven:

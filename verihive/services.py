@@ -7,7 +7,7 @@ import threading
 
 import grpc
 
-from bft.errors import Malformed, Unavailable
+from bft.errors import CannotJudge, Malformed, Unavailable
 from bft.limits import MAX_OPENINGS
 from bft.messages import OpeningResponse
 from bft.types import DIGEST_SIZE, Digest
@@ -123,7 +123,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         ev = accusation.evidence
         conf = self.core.confirm(ev.request, ev.signed, accusation)
         if conf is None:
-            raise Unavailable("this verifier does not hold the model the claim needs")
+            raise CannotJudge("this verifier holds no model or bands to judge the claim")
         return convert.confirmation_to_pb(conf)
 
     def _channel(self, address: str) -> grpc.Channel:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bft import thresholds as thresholds_module
-from bft.errors import Malformed, ProtocolError
+from bft.errors import CannotJudge, Malformed, ProtocolError
 from bft.evidence import AuditModel, audit_evidence
 from bft.measure import DEFAULT_PROFILE, Band, Thresholds, Zone
 from bft.messages import EvidenceCheck, InferenceRequest, SamplingParams, SignedCommitment, Verdict
@@ -469,7 +469,7 @@ def test_verifier_applies_the_bands_of_the_commitments_profile(
     # Auditors judge with the accused profile's bands, and cannot judge an unheld profile.
     assert audit_evidence(ev, auditor, strict).proven
     assert not audit_evidence(ev, auditor, lenient).proven
-    with pytest.raises(ValueError):
+    with pytest.raises(CannotJudge):
         audit_evidence(ev, auditor, Thresholds())
 
 
@@ -505,7 +505,7 @@ def test_thresholds_select_and_require():
     assert t.select("b-bfloat16") is b
     assert t.require("a-float32") is a
     assert t.select("c-float16") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(CannotJudge, match="no calibrated bands"):
         t.require("c-float16")
     assert Thresholds().profiles == (DEFAULT_PROFILE,) == (FP32,)
 
