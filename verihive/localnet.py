@@ -20,7 +20,7 @@ from bft.measure import Thresholds
 from bft.thresholds import load_thresholds
 from bft.validators import make_genesis
 from bft.verifier import VerifierCore
-from executor.backend import DTYPES, Backend, TorchBackend
+from executor.backend import DTYPES, Backend, BatchingBackend, TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.byzantine import make_byzantine_executor
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
@@ -156,7 +156,7 @@ def start_local_network(
                 )
             server = make_server()
             batcher = None
-            if core.backend is exec_backend and hasattr(exec_backend, "generate_many"):
+            if core.backend is exec_backend and isinstance(exec_backend, BatchingBackend):
                 batcher = ExecutionBatcher(core)  # concurrent requests, one GPU batch [EXEC.8]
             executor_service = ExecutorService(core, batcher)
             executor_services.append(executor_service)
