@@ -11,7 +11,7 @@ every position, every output token.
 Cheat signals: the same measurements on executors from ``simnet.executors``.
 
 Writes ``bench/results/calibration.json``, ``docs/calibration.md`` and the thresholds file
-``executor/thresholds/torch-cpu-float32.json`` (``accept_max = F x honest max``,
+``bft/thresholds/<verifier>/<executor>.json`` (``accept_max = F x honest max``,
 ``reject_min = weakest cheat / F``; F = ``--safety``).
 
 Run: ``./dev python -m bench.calibrate [--requests 4] [--tokens 24] [--safety 10]``.
@@ -38,12 +38,12 @@ import torch
 from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
+from bft.measure import DEFAULT_PROFILE, compute_rel_errors
 from bft.messages import InferenceRequest, SamplingParams
+from bft.thresholds import get_thresholds_path
 from bft.validators import ValidatorSet
-from bft.verifier import DEFAULT_PROFILE, compute_rel_errors
 from executor.backend import DTYPES, TorchBackend
 from executor.model import LoadedModel, load_smollm2
-from executor.thresholds import get_thresholds_path
 from merkle.sketch import SKETCH_CHUNK, compute_sketch, measure_chunk
 from simnet.executors import make_byzantine_executor
 
@@ -563,7 +563,7 @@ def write_markdown(
         f"Executor settings: `{meta['executor_settings']}`; verifier settings: "
         f"`{meta['verifier_settings']}`.",
         f"Raw numbers: `bench/results/{name}.json`. Thresholds file: "
-        f"`executor/thresholds/{vp}/{ep}.json` (loaded by every verifier of profile {vp}).",
+        f"`bft/thresholds/{vp}/{ep}.json` (loaded by every verifier of profile {vp}).",
         "",
         "Units: *layer* is the per-position `|y' - y| / |y - x|` of a re-executed layer; "
         "*embedding* the per-position `|e' - e| / |e'|` at boundary 0; *sampler* the margin of "

@@ -28,12 +28,12 @@ from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
 from bft.messages import SamplingParams
+from bft.thresholds import load_thresholds
 from bft.validators import ValidatorSet
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
-from executor.thresholds import load_thresholds
 
 N_VERIFIERS = 4
 QS = (0.0, 0.05, 0.1, 0.25)

@@ -25,8 +25,8 @@ from typing import Any
 
 from bench.common import describe_machine, write_results
 from bench.kernels import KERNEL_SETS, get_cpu_flags, get_kernel_sets, run_worker, start_worker
-from bft.verifier import DEFAULT_PROFILE
-from executor.thresholds import get_thresholds_path, load_thresholds
+from bft.measure import DEFAULT_PROFILE
+from bft.thresholds import get_thresholds_path, load_thresholds
 
 CHECKS = ("layer", "embedding", "sampler", "sequence")
 RESULT = Path(__file__).resolve().parent / "results" / "crosskernel.json"
@@ -143,7 +143,7 @@ def write_markdown(payload: dict[str, Any]) -> None:
         )
         + ". An honest executor serves over gRPC from a process under one set; a committee of 4 "
         "verifiers under another set checks every request with the calibrated bands "
-        "(`executor/thresholds/torch-cpu-float32/torch-cpu-float32.json`), k = 2 layers, m = 4 "
+        "(`bft/thresholds/torch-cpu-float32/torch-cpu-float32.json`), k = 2 layers, m = 4 "
         "sampler positions and the whole-sequence check on every verifier (q = 1). SmolLM2, 16 "
         "output tokens, temperature 0 and 0.7 alternating, 8 prompts none of which the bands "
         "were calibrated on (`bench/kernels.py` `HELD_OUT_PROMPTS`).",

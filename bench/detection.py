@@ -45,13 +45,13 @@ from bft.confirmation import Confirmation
 from bft.crypto import SigningKey
 from bft.encoding import sha256
 from bft.messages import InferenceRequest, OpeningResponse, SamplingParams, SignedCommitment, Vote
+from bft.thresholds import load_thresholds
 from bft.types import PublicKey
 from bft.validators import ValidatorSet
 from bft.verifier import Session, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
-from executor.thresholds import load_thresholds
 from merkle.sketch import measure_sketch
 from merkle.tiles import HEADER_SIZE
 from simnet.executors import MODES, PARTIAL_MODES, make_byzantine_executor

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,14 @@ import torch
 from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
+from bft.measure import Thresholds
 from bft.messages import InferenceRequest, SamplingParams, SignedCommitment, Vote
+from bft.thresholds import get_thresholds_path, load_thresholds, read_thresholds
 from bft.validators import ValidatorSet
-from bft.verifier import Session, Thresholds, VerifierCore
-from executor.backend import DTYPES, Backend, TorchBackend
+from bft.verifier import Session, VerifierCore
+from executor.backend import DTYPES, Backend, BatchingBackend, TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, get_smollm2_dir, load_smollm2, load_tiny
-from executor.thresholds import get_thresholds_path, load_thresholds, read_thresholds
 
 NETWORK = "bench-gpu"
 PROMPTS = [
@@ -223,12 +224,12 @@ def timed_execute_many(
 ) -> tuple[float, float, list[SignedCommitment]]:
     """Return (generation s, commitment s, commitments) of one batched verified execution."""
     items = [(list(r.prompt_tokens), r.sampling, r.sampling_seed()) for r in requests]
-    many: Callable[..., list[list[int]]] | None = getattr(executor.backend, "generate_many", None)
+    backend = executor.backend
     t0 = time.perf_counter()
-    if many is not None:
-        outputs = many(items)
+    if isinstance(backend, BatchingBackend):
+        outputs = backend.generate_many(items)
     else:
-        outputs = [executor.backend.generate(*item) for item in items]
+        outputs = [backend.generate(*item) for item in items]
     sync()
     t1 = time.perf_counter()
     signed = [executor.commit(r, out) for r, out in zip(requests, outputs, strict=True)]

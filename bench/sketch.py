@@ -32,11 +32,11 @@ from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
 from bft.messages import InferenceRequest, SamplingParams, SignedCommitment
+from bft.thresholds import load_thresholds
 from bft.validators import ValidatorSet
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import load_smollm2
-from executor.thresholds import load_thresholds
 from merkle.sketch import SKETCH_CHUNK, compute_sketch, measure_sketch
 from merkle.tiles import HEADER_SIZE
 from simnet.executors import MODES, make_byzantine_executor

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field, replace
 
 from bft.crypto import SigningKey, check_signature, compute_node_id
 from bft.encoding import Canonical, compute_signing_root
-from bft.errors import Ignore, Malformed, Reject
+from bft.errors import CannotJudge, Ignore, Malformed, Reject
 from bft.evidence import MODEL_FREE_CHECKS, AuditModel, AuditResult, audit_evidence
-from bft.messages import MAX_STRING, InferenceRequest, SignedCommitment, Verdict, Vote
+from bft.limits import MAX_TEXT, check_network_id
+from bft.measure import Thresholds
+from bft.messages import InferenceRequest, SignedCommitment, Verdict, Vote
 from bft.types import (
     DIGEST_SIZE,
     PUBLIC_KEY_SIZE,
@@ -32,7 +34,6 @@ from bft.types import (
     PublicKey,
     Signature,
 )
-from bft.verifier import Thresholds
 
 TAG_CONFIRMATION = "verihive/confirmation/v1"
 
@@ -82,9 +83,8 @@ class Confirmation:
         ):
             if len(value) != size:
                 raise Malformed(f"confirmation {what} must be {size} bytes")
-        if not self.network_id or len(self.network_id.encode()) > MAX_STRING:
-            raise Malformed("confirmation network_id must be 1..256 bytes")
-        if len(self.detail) > 4 * MAX_STRING:
+        check_network_id(self.network_id, "confirmation network_id")
+        if len(self.detail) > MAX_TEXT:
             raise Malformed("confirmation detail too long")
         if not isinstance(self.finding, Finding):
             raise Malformed("unknown finding")
@@ -117,13 +117,14 @@ def audit_accusation(
 ) -> AuditResult | None:
     """Return the audit of ``accusation``'s evidence, or ``None`` when it cannot be judged here.
 
-    ``None`` means the claim needs a model this node does not hold: it abstains.
+    ``None`` means :class:`CannotJudge`: the claim needs a model, or bands for an execution
+    profile, this node does not hold; it abstains. Any other error propagates. [CONFIRM.2]
     """
     if accusation.evidence is None:
         raise Malformed("an accusation is a REJECT vote with evidence")
     try:
         return audit_evidence(accusation.evidence, auditor, thresholds)
-    except ValueError:
+    except CannotJudge:
         return None
 
 
@@ -137,7 +138,7 @@ def sign_confirmation(key: SigningKey, accusation: Vote, result: AuditResult) ->
         verifier_key=key.public_key,
         finding=Finding.CONFIRM if result.proven else Finding.REFUTE,
         measured=result.measured if math.isfinite(result.measured) else 0.0,
-        detail=result.detail[: 4 * MAX_STRING],
+        detail=result.detail[:MAX_TEXT],
     )
     return replace(unsigned, signature=key.sign(unsigned.signing_root()))
 

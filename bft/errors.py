@@ -2,7 +2,8 @@
 
 Two kinds of rejection (house style): :class:`Reject` is provable misbehaviour that feeds
 evidence, trust and slashing; :class:`Ignore` is late, duplicate, unknown or harmless input
-that carries no penalty. Input that cannot even be parsed is :class:`Malformed`.
+that carries no penalty. Input that cannot even be parsed is :class:`Malformed`. A claim this
+node has no means to judge is :class:`CannotJudge`: an abstention, never a finding.
 """
 
 from __future__ import annotations
@@ -38,3 +39,12 @@ class Unavailable(ProtocolError):
 
 class DeadlineExceeded(ProtocolError):
     """The call arrived after its deadline or a peer did not answer in time."""
+
+
+class CannotJudge(ProtocolError):
+    """This node cannot judge the claim: it holds no model the claim names, or no calibrated
+    bands for the executor profile it names. [EVID.3], [CONFIRM.2]
+
+    Neither the peer's fault nor a bug: the node abstains (no confirmation, ``cannot audit``).
+    Any other error on the audit path is not an abstention.
+    """

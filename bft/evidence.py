@@ -14,17 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bft.crypto import is_valid_signature
-from bft.errors import ProtocolError, Reject
-from bft.messages import (
-    Evidence,
-    EvidenceCheck,
-    OpeningResponse,
-    SignedCommitment,
-    TileRef,
-    Vote,
-)
-from bft.types import ModelId
-from bft.verifier import (
+from bft.errors import CannotJudge, ProtocolError, Reject
+from bft.measure import (
     LayerModel,
     Thresholds,
     compute_commitment_problem,
@@ -35,7 +26,16 @@ from bft.verifier import (
     measure_sequence,
     open_tiles,
 )
-from merkle.sketch import SketchError
+from bft.messages import (
+    Evidence,
+    EvidenceCheck,
+    OpeningResponse,
+    SignedCommitment,
+    TileRef,
+    Vote,
+)
+from bft.types import ModelId
+from merkle.errors import SketchError
 
 MODEL_FREE_CHECKS = frozenset({EvidenceCheck.EQUIVOCATION, EvidenceCheck.OPENING})
 
@@ -67,8 +67,8 @@ def audit_evidence(
 ) -> AuditResult:
     """Return whether ``evidence`` proves the accused executor misbehaved. [EVID.3]
 
-    Raises :class:`ValueError` when the claim needs a model and ``auditor`` holds none or
-    another one (the auditor cannot judge it).
+    Raises :class:`CannotJudge` when the claim needs a model and ``auditor`` holds none or
+    another one, or when ``thresholds`` hold no bands for the accused's execution profile.
     """
     ev = evidence
     try:
@@ -115,7 +115,7 @@ def audit_evidence(
 
 def _require_model(auditor: AuditModel | None, ev: Evidence) -> AuditModel:
     if auditor is None or auditor.model_id != ev.signed.commitment.model_id:
-        raise ValueError("this evidence needs the model its commitment names")
+        raise CannotJudge("this evidence needs the model its commitment names")
     return auditor
 
 

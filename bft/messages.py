@@ -13,6 +13,19 @@ from dataclasses import dataclass, field
 from bft.crypto import check_signature, compute_node_id
 from bft.encoding import Canonical, compute_signing_root, sha256
 from bft.errors import Malformed
+from bft.limits import (
+    MAX_EPOCH,
+    MAX_F,
+    MAX_HIDDEN,
+    MAX_LAYERS,
+    MAX_LEAVES,
+    MAX_STRING,
+    MAX_TEXT,
+    MAX_TOKENS,
+    MAX_VOCAB,
+    PPM,
+    check_network_id,
+)
 from bft.types import (
     DIGEST_SIZE,
     PUBLIC_KEY_SIZE,
@@ -24,7 +37,8 @@ from bft.types import (
     PublicKey,
     Signature,
 )
-from merkle.sketch import SketchCheck, SketchError, check_sketch_shape
+from merkle.errors import SketchError
+from merkle.sketch import SketchCheck, check_sketch_shape
 from merkle.tree import MerkleProof
 
 TAG_REQUEST = "verihive/request/v1"
@@ -34,16 +48,6 @@ TAG_CHALLENGE = "verihive/challenge/v1"
 TAG_VOTE = "verihive/vote/v1"
 TAG_SAMPLING_SEED = "verihive/sampling-seed/v1"
 TAG_EVIDENCE = "verihive/evidence/v1"
-
-# Structural bounds on peer input. [LIMIT.1]
-MAX_TOKENS = 8192
-MAX_LAYERS = 1024
-MAX_HIDDEN = 65536
-MAX_VOCAB = 1 << 24
-MAX_LEAVES = 1 << 20
-MAX_F = 32
-MAX_STRING = 256
-PPM = 1_000_000
 
 
 def _check_len(value: bytes, size: int, what: str) -> None:
@@ -129,7 +133,7 @@ class InferenceRequest:
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems."""
-        _check_str(self.network_id, "network_id")
+        check_network_id(self.network_id)
         _check_len(self.request_id, REQUEST_ID_SIZE, "request_id")
         _check_len(self.model_id, DIGEST_SIZE, "model_id")
         _check_len(self.validator_set_digest, DIGEST_SIZE, "validator_set_digest")
@@ -145,7 +149,7 @@ class InferenceRequest:
             raise Malformed("layers_per_verifier out of range")
         if not 0 <= self.positions_per_verifier <= MAX_TOKENS:
             raise Malformed("positions_per_verifier out of range")
-        if not 0 <= self.epoch < 1 << 63:
+        if not 0 <= self.epoch <= MAX_EPOCH:
             raise Malformed("epoch out of range")
         if not 0 <= self.sequence_check_ppm <= PPM:
             raise Malformed(f"sequence_check_ppm must be in [0, {PPM}]")
@@ -233,7 +237,7 @@ class Commitment:
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems."""
-        _check_str(self.network_id, "network_id")
+        check_network_id(self.network_id)
         _check_str(self.dtype, "dtype")
         _check_str(self.backend, "backend")
         _check_str(self.settings, "settings")
@@ -503,13 +507,13 @@ class Vote:
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems."""
-        _check_str(self.network_id, "network_id")
+        check_network_id(self.network_id)
         _check_len(self.request_digest, DIGEST_SIZE, "request_digest")
         _check_len(self.commitment_digest, DIGEST_SIZE, "commitment_digest")
         _check_len(self.verifier_key, PUBLIC_KEY_SIZE, "verifier_key")
         _check_len(self.challenge_signature, SIGNATURE_SIZE, "challenge_signature")
         _check_len(self.signature, SIGNATURE_SIZE, "vote signature")
-        if len(self.reason) > 4 * MAX_STRING:
+        if len(self.reason) > MAX_TEXT:
             raise Malformed("vote reason too long")
         if len(self.layer_checks) > MAX_LAYERS:
             raise Malformed("too many layer checks")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from bft.crypto import SigningKey, check_signature, compute_node_id
 from bft.encoding import Canonical, compute_signing_root
 from bft.errors import Malformed, Reject
+from bft.limits import MAX_EPOCH, MAX_TRUST, MAX_VALIDATORS, check_network_id
 from bft.types import (
     DIGEST_SIZE,
     PUBLIC_KEY_SIZE,
@@ -28,8 +29,6 @@ from bft.types import (
 )
 
 TAG_VALIDATOR_SET = "verihive/validator-set/v1"
-MAX_VALIDATORS = 1024
-MAX_TRUST = 1_000_000
 DEFAULT_TRUST = 100
 """Trust of a validator with no history (genesis configuration; penalties halve it, [SLASH.4])."""
 ZERO_DIGEST = Digest(b"\x00" * DIGEST_SIZE)
@@ -93,9 +92,8 @@ class ValidatorSet:
 
     def validate(self) -> None:
         """Raise :class:`Malformed` on structural problems. [VSET.1]"""
-        if not self.network_id or len(self.network_id.encode()) > 256:
-            raise Malformed("validator set network_id must be 1..256 bytes")
-        if not 0 <= self.epoch < 1 << 63:
+        check_network_id(self.network_id, "validator set network_id")
+        if not 0 <= self.epoch <= MAX_EPOCH:
             raise Malformed("validator set epoch out of range")
         if len(self.previous) != DIGEST_SIZE:
             raise Malformed("validator set previous digest must be 32 bytes")

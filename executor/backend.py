@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -100,6 +100,23 @@ class Backend(Protocol):
 
     def run_layer(self, layer: int, hidden_in: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Return layer ``layer`` (1-based) applied to positions ``0..P-1`` of ``hidden_in``."""
+        ...
+
+
+GenerationItem = tuple[Sequence[int], SamplingParams, bytes]
+"""One request to generate: prompt tokens, sampling parameters, sampling seed."""
+
+
+@runtime_checkable
+class BatchingBackend(Protocol):
+    """A backend that generates several requests as one batch (vLLM). [EXEC.8]
+
+    A capability beside :class:`Backend`: ``isinstance(backend, BatchingBackend)`` says whether
+    an executor can hand it whole batches (:class:`executor.batching.ExecutionBatcher`).
+    """
+
+    def generate_many(self, items: Sequence[GenerationItem]) -> list[list[int]]:
+        """Return the output tokens of each of ``items``, in order, as :meth:`generate` would."""
         ...
 
 

@@ -26,7 +26,7 @@ from bft.messages import (
     TileRef,
 )
 from bft.types import Digest, ModelId, Signature
-from executor.backend import Backend
+from executor.backend import Backend, BatchingBackend
 from merkle.sketch import compute_sketch
 from merkle.tiles import compute_leaf_index, compute_num_chunks, encode_tile
 from merkle.tree import ActivationTree
@@ -225,9 +225,8 @@ class ExecutorCore:
         items = [(list(r.prompt_tokens), r.sampling, r.sampling_seed()) for r in requests]
         if not items:
             return []
-        many = getattr(self.backend, "generate_many", None)
-        if many is not None:
-            return list(many(items))
+        if isinstance(self.backend, BatchingBackend):
+            return list(self.backend.generate_many(items))
         return [self.backend.generate(*item) for item in items]
 
     def _remember(self, digest: Digest, signed: SignedCommitment) -> None:
@@ -260,7 +259,7 @@ class ExecutorCore:
             num_layers=self.backend.info.num_layers,
             hidden_size=self.backend.info.hidden_size,
             chunk_size=self.chunk_size,
-            merkle_root=tree.root,
+            merkle_root=Digest(tree.root),
             num_leaves=tree.size,
             sketch=self.compute_sketch(states),
             settings=self.backend.info.settings,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from merkle.errors import SketchError
+
 SKETCH_CHUNK = 32
 """Positions per sketch chunk."""
 SKETCH_TOP_K = 128
@@ -34,10 +36,6 @@ magnitude larger than measured (docs/calibration.md).
 
 _BF16_NAN_MIN = 0x7F81  # bit patterns at or above 0x7F81 (sign stripped) are NaN
 _U64 = np.uint64
-
-
-class SketchError(ValueError):
-    """A sketch that cannot be decoded (wrong length, coefficient outside the field)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import struct
 import numpy as np
 import numpy.typing as npt
 
-from bft.errors import Reject
+from merkle.errors import BadTile
 
 MAGIC = b"VHT1"
 _HEADER = struct.Struct(">4sIIBBII")
@@ -55,24 +55,25 @@ def decode_tile(
 ) -> npt.NDArray[np.float32]:
     """Return the float32 array in ``leaf`` after checking its header. [TILE.3]
 
-    Raises :class:`Reject` when a well-formed leaf describes another tile than the one asked
-    for, or holds non-finite values (the executor signed it, so that is provable).
+    Raises :class:`BadTile` when the leaf describes another tile than the one asked for, is
+    not a tile, or holds non-finite values (the executor signed it, so the core makes that a
+    provable ``Reject``).
     """
     if len(leaf) < HEADER_SIZE:  # the executor signed this leaf's hash: provable
-        raise Reject("tile shorter than its header")
+        raise BadTile("tile shorter than its header")
     magic, b, c, code, ndim, r, k = _HEADER.unpack_from(leaf)
     if magic != MAGIC or ndim != 2 or code not in _ITEMSIZE:
-        raise Reject("tile header is not a verihive tile")
+        raise BadTile("tile header is not a verihive tile")
     if (b, c) != (boundary, chunk):
-        raise Reject(f"tile header says ({b},{c}), expected ({boundary},{chunk})")
+        raise BadTile(f"tile header says ({b},{c}), expected ({boundary},{chunk})")
     if (r, k) != (rows, cols):
-        raise Reject(f"tile shape {r}x{k}, expected {rows}x{cols}")
+        raise BadTile(f"tile shape {r}x{k}, expected {rows}x{cols}")
     if code != DTYPE_CODES["float32"]:
-        raise Reject("only float32 tiles are supported by this verifier")
+        raise BadTile("only float32 tiles are supported by this verifier")
     body = leaf[HEADER_SIZE:]
     if len(body) != r * k * _ITEMSIZE[code]:
-        raise Reject(f"tile body has {len(body)} bytes, header implies {r * k * _ITEMSIZE[code]}")
+        raise BadTile(f"tile body has {len(body)} bytes, header implies {r * k * _ITEMSIZE[code]}")
     arr = np.frombuffer(body, dtype="<f4").reshape(r, k).astype(np.float32)
     if not np.isfinite(arr).all():
-        raise Reject(f"tile ({b},{c}) holds non-finite values")
+        raise BadTile(f"tile ({b},{c}) holds non-finite values")
     return arr

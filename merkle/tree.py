@@ -2,7 +2,8 @@
 
 Leaves are hashed as ``sha256(0x00 || leaf)`` and inner nodes as ``sha256(0x01 || l || r)``
 (RFC 6962 / RFC 9162 prefixes, pymerkle's "security" mode). Leaf indices are 0-based here and
-1-based inside pymerkle.
+1-based inside pymerkle. Digests are plain 32-byte ``bytes``; errors are this layer's own
+(:mod:`merkle.errors`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 
 from pymerkle import InclusionProof, InmemoryTree, InvalidProof
 
-from bft.errors import Malformed, Reject
-from bft.types import DIGEST_SIZE, Digest
+from merkle.errors import BadProof, MalformedProof
 
 HASH_ALGORITHM = "sha256"
+HASH_SIZE = 32
+"""Bytes of a SHA-256 digest: every leaf hash, inner node and root."""
 MAX_PROOF_STEPS = 64
 
 
@@ -24,7 +26,7 @@ class ProofStep:
     """One step of an inclusion path: the digest and pymerkle's resolution bit (0 or 1)."""
 
     bit: int
-    digest: Digest
+    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,19 +41,21 @@ class MerkleProof:
     steps: tuple[ProofStep, ...]
 
     def validate(self) -> None:
-        """Raise :class:`Malformed` if the proof is structurally impossible."""
+        """Raise :class:`MalformedProof` if the proof is structurally impossible."""
         if not 0 <= self.leaf_index < self.tree_size:
-            raise Malformed(f"leaf index {self.leaf_index} outside tree of {self.tree_size}")
+            raise MalformedProof(
+                f"leaf index {self.leaf_index} outside tree of {self.tree_size}"
+            )
         if not 1 <= len(self.steps) <= MAX_PROOF_STEPS:
-            raise Malformed(f"proof has {len(self.steps)} steps")
+            raise MalformedProof(f"proof has {len(self.steps)} steps")
         for step in self.steps:
-            if step.bit not in (0, 1) or len(step.digest) != DIGEST_SIZE:
-                raise Malformed("proof step has a bad bit or digest length")
+            if step.bit not in (0, 1) or len(step.digest) != HASH_SIZE:
+                raise MalformedProof("proof step has a bad bit or digest length")
 
 
-def compute_leaf_hash(leaf: bytes) -> Digest:
+def compute_leaf_hash(leaf: bytes) -> bytes:
     """Return the RFC 6962 leaf hash ``sha256(0x00 || leaf)``."""
-    return Digest(_HASHER.hash_buff(leaf))
+    return bytes(_HASHER.hash_buff(leaf))
 
 
 class ActivationTree:
@@ -63,7 +67,7 @@ class ActivationTree:
         self._tree = InmemoryTree(algorithm=HASH_ALGORITHM)
         self._tree.append_entries(leaves)
         self._leaves = list(leaves)
-        self.root = Digest(self._tree.get_root())
+        self.root = bytes(self._tree.get_root())
 
     @property
     def size(self) -> int:
@@ -78,17 +82,21 @@ class ActivationTree:
         """Return the inclusion proof of the leaf at 0-based ``index``."""
         proof = self._tree.prove_inclusion(index + 1)
         steps = tuple(
-            ProofStep(bit=int(bit), digest=Digest(d))
+            ProofStep(bit=int(bit), digest=bytes(d))
             for bit, d in zip(proof.rule, proof.path, strict=True)
         )
         return MerkleProof(leaf_index=index, tree_size=self.size, steps=steps)
 
 
-def check_inclusion(root: Digest, tree_size: int, leaf: bytes, proof: MerkleProof) -> None:
-    """Raise :class:`Reject` unless ``proof`` puts ``leaf`` in the tree of ``root``. [MERKLE.3]"""
+def check_inclusion(root: bytes, tree_size: int, leaf: bytes, proof: MerkleProof) -> None:
+    """Raise unless ``proof`` puts ``leaf`` in the tree of ``root`` and ``tree_size``. [MERKLE.3]
+
+    :class:`MalformedProof` when the proof is structurally impossible, :class:`BadProof` when
+    it is well-formed but does not hold.
+    """
     proof.validate()
     if proof.tree_size != tree_size:
-        raise Reject(
+        raise BadProof(
             f"proof is for a tree of {proof.tree_size} leaves, commitment says {tree_size}"
         )
     pm_proof = InclusionProof(
@@ -102,7 +110,7 @@ def check_inclusion(root: Digest, tree_size: int, leaf: bytes, proof: MerkleProo
     try:
         pm_proof.verify(compute_leaf_hash(leaf), root, algorithm=HASH_ALGORITHM, security=True)
     except InvalidProof as exc:
-        raise Reject(f"inclusion proof of leaf {proof.leaf_index} fails: {exc}") from exc
+        raise BadProof(f"inclusion proof of leaf {proof.leaf_index} fails: {exc}") from exc
 
 
 _HASHER = InmemoryTree(algorithm=HASH_ALGORITHM)

@@ -12,9 +12,8 @@ from google.protobuf.message import Message
 
 from bft.confirmation import Confirmation, Finding
 from bft.errors import Malformed
+from bft.limits import MAX_LAYERS, MAX_LEAVES, MAX_OPENINGS, MAX_TEXT, MAX_VALIDATORS
 from bft.messages import (
-    MAX_LAYERS,
-    MAX_LEAVES,
     Commitment,
     Evidence,
     EvidenceCheck,
@@ -32,13 +31,11 @@ from bft.messages import (
 from bft.receipt import Receipt
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.validators import Endorsement, SignedValidatorSet, Validator, ValidatorSet
+from merkle.errors import MalformedProof
 from merkle.sketch import SketchCheck
 from merkle.tree import MAX_PROOF_STEPS, MerkleProof, ProofStep
 from proto import verihive_pb2 as pb
 from slashing.records import Offence, SlashRecord
-
-MAX_VALIDATORS = 4096
-MAX_OPENINGS = 1 << 16
 
 
 def _require(msg: Message, name: str) -> None:
@@ -193,7 +190,10 @@ def proof_from_pb(m: pb.MerkleProof) -> MerkleProof:
         tree_size=m.tree_size,
         steps=tuple(ProofStep(bit=s.bit, digest=Digest(s.digest)) for s in m.steps),
     )
-    p.validate()
+    try:
+        p.validate()
+    except MalformedProof as exc:
+        raise Malformed(str(exc)) from None
     return p
 
 
@@ -347,7 +347,7 @@ def evidence_from_pb(m: pb.Evidence) -> Evidence:
         raise Malformed(f"unknown evidence check {m.check}")
     _require(m, "request")
     _require(m, "commitment")
-    if len(m.detail) > 1024:
+    if len(m.detail) > MAX_TEXT:
         raise Malformed("evidence detail too long")
     return Evidence(
         check=_CHECKS_BACK[m.check],

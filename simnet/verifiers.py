@@ -22,6 +22,7 @@ from bft.challenge import compute_commitment_challenge
 from bft.confirmation import Confirmation, Finding, sign_confirmation
 from bft.errors import ProtocolError, Unavailable
 from bft.evidence import AuditResult
+from bft.measure import Measurements
 from bft.messages import (
     Evidence,
     EvidenceCheck,
@@ -33,7 +34,7 @@ from bft.messages import (
     Verdict,
     Vote,
 )
-from bft.verifier import Measurements, Session, VerifierCore
+from bft.verifier import Session, VerifierCore
 from merkle.sketch import SketchCheck
 
 VERIFIER_MODES = ("always-accept", "always-reject", "silent", "double-vote")

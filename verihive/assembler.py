@@ -39,7 +39,8 @@ from bft.attempt import (
 from bft.attempt import AttemptResult as MachineAttempt
 from bft.crypto import SigningKey, compute_node_id
 from bft.errors import Ignore, Malformed, ProtocolError
-from bft.messages import MAX_TOKENS, SamplingParams, Vote
+from bft.limits import MAX_TOKENS
+from bft.messages import SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
 from bft.validators import SignedValidatorSet, check_validator_set
 from proto import convert

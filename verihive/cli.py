@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
 from bft.crypto import compute_node_id
-from bft.errors import Malformed, ProtocolError
+from bft.errors import CannotJudge, Malformed, ProtocolError
 from bft.messages import SamplingParams, Verdict
 from bft.receipt import check_receipt
 from bft.types import PublicKey, short_hex
@@ -328,7 +328,7 @@ def _read_message(path: Path, message: M) -> M:
 def _audit(path: Path, model: str) -> int:
     """Run ``bft-verify audit``; print one line; return the exit code. [EVID.4]"""
     from bft.evidence import MODEL_FREE_CHECKS, audit_evidence
-    from executor.thresholds import load_thresholds
+    from bft.thresholds import load_thresholds
 
     try:
         evidence = convert.evidence_from_pb(_read_message(path, pb.Evidence()))
@@ -346,7 +346,7 @@ def _audit(path: Path, model: str) -> int:
             return 3
     try:
         result = audit_evidence(evidence, auditor, load_thresholds())
-    except ValueError as exc:  # e.g. no calibrated bands for the accused's profile [EXEC.5]
+    except CannotJudge as exc:  # no model or no calibrated bands for the claim [EXEC.5]
         print(f"cannot audit: {exc}")
         return 3
     verdict = "proven" if result.proven else "not proven"
@@ -377,8 +377,8 @@ def _check_slash_file(path: Path, model: str) -> int:
     """Run ``bft-verify slash``: endorsements, committee and quorum, then the evidence. [SLASH.1]"""
     from bft.confirmation import is_model_free
     from bft.evidence import audit_evidence
+    from bft.thresholds import load_thresholds
     from bft.validators import check_validator_set
-    from executor.thresholds import load_thresholds
     from slashing.records import check_slash
 
     try:
@@ -406,7 +406,7 @@ def _check_slash_file(path: Path, model: str) -> int:
         return 3
     try:
         result = audit_evidence(acc.evidence, auditor, load_thresholds())
-    except ValueError as exc:  # e.g. no calibrated bands for the accused's profile [EXEC.5]
+    except CannotJudge as exc:  # no model or no calibrated bands for the claim [EXEC.5]
         print(f"cannot audit: {exc}")
         return 3
     if not result.proven:

@@ -15,13 +15,14 @@ import grpc
 
 from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
+from bft.measure import Thresholds
+from bft.thresholds import load_thresholds
 from bft.validators import make_genesis
-from bft.verifier import Thresholds, VerifierCore
-from executor.backend import DTYPES, Backend, TorchBackend
+from bft.verifier import VerifierCore
+from executor.backend import DTYPES, Backend, BatchingBackend, TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
-from executor.thresholds import load_thresholds
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
@@ -162,7 +163,7 @@ def start_local_network(
                 )
             server = make_server()
             batcher = None
-            if core.backend is exec_backend and hasattr(exec_backend, "generate_many"):
+            if core.backend is exec_backend and isinstance(exec_backend, BatchingBackend):
                 batcher = ExecutionBatcher(core)  # concurrent requests, one GPU batch [EXEC.8]
             executor_service = ExecutorService(core, batcher)
             executor_services.append(executor_service)

@@ -14,6 +14,7 @@ from prometheus_client import Counter
 from bft.attempt import Deadlines
 from bft.errors import (
     BadSignature,
+    CannotJudge,
     DeadlineExceeded,
     Ignore,
     Malformed,
@@ -50,6 +51,7 @@ _STATUS: tuple[tuple[type[ProtocolError], grpc.StatusCode], ...] = (
     (Reject, grpc.StatusCode.FAILED_PRECONDITION),
     (Ignore, grpc.StatusCode.ABORTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (CannotJudge, grpc.StatusCode.UNAVAILABLE),  # an abstention: ask another node [CONFIRM.2]
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 

@@ -7,7 +7,8 @@ import threading
 
 import grpc
 
-from bft.errors import Malformed, Unavailable
+from bft.errors import CannotJudge, Malformed, Unavailable
+from bft.limits import MAX_OPENINGS
 from bft.messages import OpeningResponse
 from bft.types import DIGEST_SIZE, Digest
 from bft.verifier import Session, VerifierCore
@@ -62,7 +63,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         """Return the signed openings of the requested tiles."""
         if len(request.commitment_digest) != DIGEST_SIZE:
             raise Malformed("commitment_digest must be 32 bytes")
-        if len(request.tiles) > convert.MAX_OPENINGS:
+        if len(request.tiles) > MAX_OPENINGS:
             raise Malformed("too many tiles requested")
         tiles = tuple(convert.tile_from_pb(t) for t in request.tiles)
         response = self.core.on_open(Digest(request.commitment_digest), tiles)
@@ -122,7 +123,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         ev = accusation.evidence
         conf = self.core.confirm(ev.request, ev.signed, accusation)
         if conf is None:
-            raise Unavailable("this verifier does not hold the model the claim needs")
+            raise CannotJudge("this verifier holds no model or bands to judge the claim")
         return convert.confirmation_to_pb(conf)
 
     def _channel(self, address: str) -> grpc.Channel:

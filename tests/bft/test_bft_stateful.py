@@ -109,6 +109,7 @@ from bft.attempt import (
 from bft.confirmation import Confirmation, DisputeOutcome, Finding, get_dispute_outcome
 from bft.errors import Ignore, ProtocolError
 from bft.evidence import AuditModel, audit_evidence, spot_audit_vote
+from bft.measure import Thresholds
 from bft.messages import (
     Evidence,
     InferenceRequest,
@@ -118,10 +119,10 @@ from bft.messages import (
     Vote,
 )
 from bft.receipt import Receipt, check_receipt
+from bft.thresholds import load_thresholds
 from bft.types import Digest, PublicKey
-from bft.verifier import Session, Thresholds, VerifierCore
+from bft.verifier import Session, VerifierCore
 from executor.core import ExecutorCore
-from executor.thresholds import load_thresholds
 from proto import convert
 from proto import verihive_pb2 as pb
 from simnet.executors import make_byzantine_executor

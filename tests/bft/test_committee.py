@@ -22,8 +22,9 @@ from bft.committee import TAG_COMMITTEE, compute_committee
 from bft.crypto import SigningKey, compute_node_id
 from bft.encoding import Canonical
 from bft.errors import Malformed, Unavailable
+from bft.limits import MAX_TRUST
 from bft.types import Digest, NodeId, PublicKey
-from bft.validators import MAX_TRUST, Validator, ValidatorSet
+from bft.validators import Validator, ValidatorSet
 from tests.stats import chi2_critical, chi2_statistic
 
 NET = "committee-test"

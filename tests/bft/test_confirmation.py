@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -30,9 +31,11 @@ from bft.confirmation import (
     sign_confirmation,
 )
 from bft.crypto import SigningKey
-from bft.errors import BadSignature, Ignore, Malformed, Reject
-from bft.evidence import AuditResult
-from bft.messages import MAX_STRING, Evidence, EvidenceCheck, InferenceRequest, Verdict, Vote
+from bft.errors import BadSignature, CannotJudge, Ignore, Malformed, Reject
+from bft.evidence import AuditModel, AuditResult, audit_evidence
+from bft.limits import MAX_STRING
+from bft.measure import Thresholds
+from bft.messages import Evidence, EvidenceCheck, InferenceRequest, Verdict, Vote
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.verifier import VerifierCore
 from executor.core import ExecutorCore
@@ -326,6 +329,49 @@ def test_member_without_the_model_abstains(net, perturbed):
     )
     assert other.confirm(perturbed.request, perturbed.signed, acc) is None
     assert audit_accusation(acc, None) is None
+
+
+def test_member_without_bands_for_the_profile_abstains(net, perturbed):
+    # CannotJudge ([CONFIRM.2]): bands for another execution profile only.
+    (acc,) = [v for v in perturbed.votes if v.verdict is Verdict.REJECT]
+    core = net.verifiers[perturbed.tally.committee[0]]
+    elsewhere = Thresholds(profile="other-float16")
+    with pytest.raises(CannotJudge, match="no calibrated bands"):
+        audit_evidence(acc.evidence, auditor_of(core), elsewhere)
+    assert audit_accusation(acc, auditor_of(core), elsewhere) is None
+
+
+class BrokenModel:
+    """A model whose layer re-execution fails inside numpy: a bug, not a missing model."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run_layer_with_update(self, layer, hidden_in):
+        return np.add(hidden_in, np.ones((3, 1, 2)))  # operands could not be broadcast together
+
+
+def auditor_of(core: VerifierCore, model=None) -> AuditModel:
+    return AuditModel(model or core.model, core.model_id, core.num_layers, core.hidden_size)
+
+
+def test_a_value_error_inside_the_audit_is_not_an_abstention(net, perturbed):
+    # Only CannotJudge abstains: any other error on the audit path (here numpy's ValueError)
+    # propagates, so a bug is never a silent abstention. [CONFIRM.2]
+    (acc,) = [v for v in perturbed.votes if v.verdict is Verdict.REJECT]
+    honest = net.verifiers[perturbed.tally.committee[0]]
+    broken = BrokenModel(honest.model)
+    with pytest.raises(ValueError, match="broadcast"):
+        audit_accusation(acc, auditor_of(honest, broken))
+    core = VerifierCore(
+        honest.key, broken, honest.model_id, honest.num_layers, honest.hidden_size, NETWORK_ID
+    )
+    with pytest.raises(ValueError, match="broadcast"):
+        core.confirm(perturbed.request, perturbed.signed, acc)
+    assert not issubclass(CannotJudge, ValueError)
 
 
 def test_invalid_confirm_of_a_vote_that_is_no_accusation(net, run):

@@ -13,7 +13,7 @@ import functools
 import pytest
 
 from bft.assembler import check_commitment
-from bft.errors import BadSignature, Ignore, Reject
+from bft.errors import BadSignature, CannotJudge, Ignore, Reject
 from bft.evidence import (
     MODEL_FREE_CHECKS,
     WITNESS_TOLERANCE,
@@ -21,10 +21,10 @@ from bft.evidence import (
     audit_evidence,
     spot_audit_vote,
 )
+from bft.measure import Thresholds
 from bft.messages import Evidence, EvidenceCheck, OpeningResponse, TileRef, Verdict
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId
-from bft.verifier import Thresholds
 from executor.core import ExecutorCore
 from simnet.executors import make_byzantine_executor
 from simnet.verifiers import make_byzantine_verifier
@@ -168,9 +168,9 @@ def test_audit_needs_the_model_exactly_for_model_claims(net, auditor, case):
         assert audit_evidence(evidence, None).proven
         assert audit_evidence(evidence, other_model).proven
         return
-    with pytest.raises(ValueError, match="needs the model"):
+    with pytest.raises(CannotJudge, match="needs the model"):
         audit_evidence(evidence, None)
-    with pytest.raises(ValueError, match="needs the model"):
+    with pytest.raises(CannotJudge, match="needs the model"):
         audit_evidence(evidence, other_model)
 
 
@@ -378,7 +378,7 @@ def test_everything_re_signed_by_an_impostor_accuses_only_the_impostor(run, resp
 def test_made_up_claims_need_the_model_exactly_for_model_claims(run, response, check):
     evidence = claim(run, response, check, layer=1, position=25)
     if check in MODEL_CHECKS:
-        with pytest.raises(ValueError, match="needs the model"):
+        with pytest.raises(CannotJudge, match="needs the model"):
             audit_evidence(evidence, None)
     else:
         assert not audit_evidence(evidence, None).proven

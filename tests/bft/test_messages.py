@@ -15,13 +15,16 @@ from hypothesis import strategies as st
 from bft.crypto import SigningKey
 from bft.encoding import compute_signing_root
 from bft.errors import BadSignature, Malformed, ProtocolError
-from bft.messages import (
+from bft.limits import (
     MAX_F,
     MAX_HIDDEN,
     MAX_LAYERS,
+    MAX_NETWORK_ID_BYTES,
     MAX_STRING,
     MAX_TOKENS,
     MAX_VOCAB,
+)
+from bft.messages import (
     TAG_SAMPLING_SEED,
     Commitment,
     Evidence,
@@ -165,7 +168,9 @@ def test_sampling_params_bounds_are_inclusive(changes):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"network_id": "n" * (MAX_STRING + 1)},
+        {"network_id": "n" * (MAX_NETWORK_ID_BYTES + 1)},
+        {"network_id": ""},
+        {"network_id": "é" * 129},  # 129 code points, 258 bytes: bytes count [LIMIT.1]
         {"request_id": b"\x01" * 15},
         {"request_id": b"\x01" * 17},
         {"model_id": b"\x02" * 31},
@@ -195,7 +200,8 @@ def test_invalid_request(changes):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"network_id": "n" * MAX_STRING},
+        {"network_id": "n" * MAX_NETWORK_ID_BYTES},
+        {"network_id": "é" * 128},
         {"prompt_tokens": (MAX_VOCAB - 1,)},
         {"prompt_tokens": (0,) * (MAX_TOKENS - 16)},
         {"f": 0},
@@ -214,7 +220,9 @@ def test_request_bounds_are_inclusive(changes):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"network_id": "n" * (MAX_STRING + 1)},
+        {"network_id": "n" * (MAX_NETWORK_ID_BYTES + 1)},
+        {"network_id": ""},
+        {"network_id": "é" * 129},  # 129 code points, 258 bytes: bytes count [LIMIT.1]
         {"dtype": "d" * (MAX_STRING + 1)},
         {"backend": "b" * (MAX_STRING + 1)},
         {"request_digest": b"\x00" * 31},
@@ -268,7 +276,9 @@ def test_commitment_bounds_are_inclusive(changes):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"network_id": "n" * (MAX_STRING + 1)},
+        {"network_id": "n" * (MAX_NETWORK_ID_BYTES + 1)},
+        {"network_id": ""},
+        {"network_id": "é" * 129},  # 129 code points, 258 bytes: bytes count [LIMIT.1]
         {"request_digest": b"\x00" * 31},
         {"commitment_digest": b"\x00" * 33},
         {"verifier_key": b""},

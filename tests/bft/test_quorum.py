@@ -32,6 +32,7 @@ from bft.assembler import (
 )
 from bft.confirmation import Finding
 from bft.errors import BadSignature, Ignore, Malformed, Reject
+from bft.measure import Band, Thresholds
 from bft.messages import (
     Evidence,
     EvidenceCheck,
@@ -44,7 +45,7 @@ from bft.quorum import QuorumCertificate, check_quorum_certificate, check_vote
 from bft.receipt import check_receipt
 from bft.types import Digest, Signature
 from bft.validators import Validator, ValidatorSet
-from bft.verifier import Band, Thresholds, VerifierCore
+from bft.verifier import VerifierCore
 from merkle.sketch import SketchCheck
 from simnet.verifiers import make_byzantine_verifier
 from tests.support import (

@@ -14,17 +14,12 @@ import math
 import pytest
 
 from bft.assembler import Outcome, get_final_outcome
-from bft.errors import BadSignature, Malformed
+from bft.errors import BadSignature, CannotJudge, Malformed
 from bft.evidence import AuditModel, audit_evidence
+from bft.measure import Band, Thresholds, compute_commitment_problem, measure_sequence
 from bft.messages import Evidence, EvidenceCheck, Verdict, Vote
 from bft.quorum import check_vote
-from bft.verifier import (
-    Band,
-    Thresholds,
-    VerifierCore,
-    compute_commitment_problem,
-    measure_sequence,
-)
+from bft.verifier import VerifierCore
 from executor.core import ExecutorCore
 from merkle.sketch import (
     SKETCH_CHUNK,
@@ -379,7 +374,7 @@ def test_sequence_audit_uses_the_auditors_thresholds(caught, auditor):
 def test_sequence_audit_needs_the_model(caught):
     ev = caught.votes[0].evidence
     assert ev is not None
-    with pytest.raises(ValueError, match="needs the model"):
+    with pytest.raises(CannotJudge, match="needs the model"):
         audit_evidence(ev, None)
 
 

@@ -441,13 +441,13 @@ def test_validator_set_round_trip_keeps_endorsement_order():
         (lambda m: setattr(m.endorsements[0], "signature", b"\x00" * 65), "wrong size"),
         (
             lambda m: m.set.validators.extend(
-                [m.set.validators[0]] * (convert.MAX_VALIDATORS + 1 - len(m.set.validators))
+                [m.set.validators[0]] * (MAX_VALIDATORS + 1 - len(m.set.validators))
             ),
             "too many",
         ),
         (
             lambda m: m.endorsements.extend(
-                [m.endorsements[0]] * (convert.MAX_VALIDATORS + 1 - len(m.endorsements))
+                [m.endorsements[0]] * (MAX_VALIDATORS + 1 - len(m.endorsements))
             ),
             "too many",
         ),

@@ -9,6 +9,14 @@ import pytest
 
 from bft.challenge import Challenge, compute_commitment_challenge
 from bft.errors import BadSignature, Ignore, Malformed, Reject, Unavailable
+from bft.measure import (
+    Band,
+    Thresholds,
+    Zone,
+    compute_length_violation,
+    compute_rel_errors,
+    open_tiles,
+)
 from bft.messages import (
     EvidenceCheck,
     OpeningResponse,
@@ -21,16 +29,11 @@ from bft.messages import (
 )
 from bft.quorum import check_vote
 from bft.types import Digest, ModelId, Signature
-from bft.verifier import (
-    Band,
-    Session,
-    Thresholds,
-    VerifierCore,
-    compute_length_violation,
-    compute_rel_errors,
-)
+from bft.verifier import DECISIONS, Session, Step, VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
+from merkle.tiles import HEADER_SIZE
+from merkle.tree import ActivationTree
 from proto import convert
 from simnet.executors import make_byzantine_executor
 from tests.support import (
@@ -281,13 +284,43 @@ def test_measurement_equal_to_threshold_passes(net, run, member):
 def test_band_classifies_with_inclusive_edges():
     band = Band(1e-5, 1e-4)
     assert [band.classify(x) for x in (0.0, 1e-5, 2e-5, 1e-4, 1.1e-4, float("inf"))] == [
-        "accept",
-        "accept",
-        "grey",
-        "grey",
-        "reject",
-        "reject",
+        Zone.ACCEPT,
+        Zone.ACCEPT,
+        Zone.GREY,
+        Zone.GREY,
+        Zone.REJECT,
+        Zone.REJECT,
     ]
+    assert band.classify(float("nan")) is Zone.REJECT  # fail closed
+
+
+MEASURED = (
+    EvidenceCheck.LAYER,
+    EvidenceCheck.EMBEDDING,
+    EvidenceCheck.SAMPLER,
+    EvidenceCheck.SEQUENCE,
+)
+
+
+def test_each_measured_check_has_its_own_band():
+    t = Thresholds(Band(1, 2), Band(3, 4), Band(5, 6), Band(7, 8))
+    assert [t.band(c) for c in MEASURED] == [t.layer, t.embedding, t.sampler, t.sequence]
+    with pytest.raises(KeyError):
+        t.band(EvidenceCheck.OPENING)
+
+
+@pytest.mark.parametrize("escalated", [False, True])
+@pytest.mark.parametrize("zone", list(Zone))
+def test_decision_table(zone, escalated):
+    # [VERIFY.4]: any reject finding rejects; [VERIFY.7]: grey escalates once and never rejects.
+    step = DECISIONS[zone, escalated]
+    if zone is Zone.REJECT:
+        assert step is Step.REJECT
+    elif zone is Zone.GREY and not escalated:
+        assert step is Step.ESCALATE
+    else:
+        assert step is Step.ACCEPT
+    assert len(DECISIONS) == 2 * len(Zone)
 
 
 @pytest.mark.parametrize(
@@ -444,6 +477,35 @@ def test_invalid_openings_of_a_second_signed_root_get_reject_as_equivocation(net
     ev = vote.evidence
     assert ev is not None and ev.check is EvidenceCheck.EQUIVOCATION
     assert (ev.signed, ev.other) == (run.signed, other)
+
+
+def test_invalid_tile_under_the_signed_root_is_a_reject(net, run):
+    # merkle raises its own BadTile; at the core's boundary a tile whose hash the executor
+    # signed into its root is provable: Reject, as [TILE.3] and [OPEN.3] say.
+    c = run.signed.commitment
+    every = tuple(TileRef(b, k) for b in range(c.num_layers + 1) for k in range(c.num_chunks))
+    leaves = [o.leaf for o in net.executor.on_open(run.signed.digest, every).openings]
+    leaves[0] = leaves[0][: HEADER_SIZE - 1]
+    tree = ActivationTree(leaves)
+    signed = resign_commitment(run.signed, net.executor_key, merkle_root=Digest(tree.root))
+    opening = TileOpening(TileRef(0, 0), leaves[0], tree.prove(0))
+    response = OpeningResponse(NETWORK_ID, signed.digest, (opening,), Signature(b""))
+    with pytest.raises(Reject, match="shorter than its header"):
+        open_tiles(signed, response)
+
+
+def test_invalid_proof_at_the_core_is_malformed_or_reject(run, member):
+    # merkle's MalformedProof is Malformed at the core, its BadProof a Reject. [MERKLE.3]
+    response = run.responses[member]
+    o = response.openings[0]
+    shapeless = dataclasses.replace(
+        o.proof, steps=(dataclasses.replace(o.proof.steps[0], bit=2), *o.proof.steps[1:])
+    )
+    bad = dataclasses.replace(response, openings=(dataclasses.replace(o, proof=shapeless),))
+    with pytest.raises(Malformed, match="bad bit"):
+        open_tiles(run.signed, bad)
+    with pytest.raises(Reject, match="inclusion proof"):
+        open_tiles(run.signed, _with_flipped_proof_step(response))
 
 
 @pytest.mark.parametrize("how", ["no-commitment", "unsigned", "other-request", "other-executor"])

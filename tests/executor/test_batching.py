@@ -10,7 +10,7 @@ import torch
 
 from bft.errors import Malformed, Unavailable
 from bft.messages import SamplingParams
-from executor.backend import TorchBackend
+from executor.backend import BatchingBackend, TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.core import ExecutorCore
 from tests.support import CHUNK_SIZE, NETWORK_ID, get_network, make_key, run_together
@@ -39,6 +39,19 @@ def make_core(label: str) -> tuple[ExecutorCore, BatchBackend]:
     net = get_network()
     backend = BatchBackend(net.lm.model)
     return ExecutorCore(make_key(label), backend, net.lm.model_id, NETWORK_ID, CHUNK_SIZE), backend
+
+
+def test_a_backend_batches_iff_it_has_generate_many():
+    # One protocol type instead of attribute probes: the executor core and the local network
+    # hand whole batches to a BatchingBackend only. [EXEC.8]
+    net = get_network()
+    assert isinstance(BatchBackend(net.lm.model), BatchingBackend)
+    assert not isinstance(net.backend, BatchingBackend)
+    core, backend = make_core("batching-protocol")
+    reqs = requests(2, 9)
+    items = [(list(q.prompt_tokens), q.sampling, q.sampling_seed()) for q in reqs]
+    assert core.generate_all(reqs) == [net.backend.generate(*item) for item in items]
+    assert backend.batches == [2]
 
 
 def requests(n: int, tag: int) -> list:

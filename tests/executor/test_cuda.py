@@ -16,14 +16,15 @@ import torch
 
 from bft.assembler import Outcome, get_final_outcome
 from bft.evidence import AuditModel, audit_evidence
+from bft.measure import Thresholds, compute_rel_errors
 from bft.messages import EvidenceCheck, InferenceRequest, SamplingParams, Verdict
-from bft.verifier import Thresholds, VerifierCore, compute_rel_errors
+from bft.thresholds import get_thresholds_path, load_thresholds
+from bft.verifier import VerifierCore
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel
 from executor.sampler import sample_token
 from executor.sampler_torch import ProtocolSamplerRows, SamplerRow, sample_token_torch
-from executor.thresholds import get_thresholds_path, load_thresholds
 from simnet.executors import make_byzantine_executor
 from tests.support import CHUNK_SIZE, NETWORK_ID, Network, get_network, get_tiny, make_key
 

@@ -15,22 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from bft.errors import Malformed, ProtocolError
+from bft import thresholds as thresholds_module
+from bft.errors import CannotJudge, Malformed, ProtocolError
 from bft.evidence import AuditModel, audit_evidence
+from bft.measure import DEFAULT_PROFILE, Band, Thresholds, Zone
 from bft.messages import EvidenceCheck, InferenceRequest, SamplingParams, SignedCommitment, Verdict
-from bft.verifier import DEFAULT_PROFILE, Band, Thresholds, VerifierCore
+from bft.thresholds import get_thresholds_path, is_admitted, load_thresholds, read_thresholds
+from bft.verifier import VerifierCore
 from executor import backend as backend_module
-from executor import thresholds as thresholds_module
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
 from executor.model import LoadedModel, compute_model_id
 from executor.sampler import compute_sampler_margin, sample_token
-from executor.thresholds import (
-    get_thresholds_path,
-    is_admitted,
-    load_thresholds,
-    read_thresholds,
-)
 from tests.support import CHUNK_SIZE, NETWORK_ID, Network, get_tiny, make_key, verify
 
 TOKENS = list(range(100, 128))  # 28 positions
@@ -473,7 +469,7 @@ def test_verifier_applies_the_bands_of_the_commitments_profile(
     # Auditors judge with the accused profile's bands, and cannot judge an unheld profile.
     assert audit_evidence(ev, auditor, strict).proven
     assert not audit_evidence(ev, auditor, lenient).proven
-    with pytest.raises(ValueError):
+    with pytest.raises(CannotJudge):
         audit_evidence(ev, auditor, Thresholds())
 
 
@@ -509,7 +505,7 @@ def test_thresholds_select_and_require():
     assert t.select("b-bfloat16") is b
     assert t.require("a-float32") is a
     assert t.select("c-float16") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(CannotJudge, match="no calibrated bands"):
         t.require("c-float16")
     assert Thresholds().profiles == (DEFAULT_PROFILE,) == (FP32,)
 
@@ -592,7 +588,7 @@ def test_a_null_band_switches_a_check_off_for_the_pair(tmp_path):
     path.write_text(band_file(1e-3, layer={"accept_max": None, "reject_min": None}))
     t = read_thresholds(path, "e-bfloat16")
     assert t.layer == Band(math.inf, math.inf)
-    assert t.layer.classify(1e300) == "accept"
+    assert t.layer.classify(1e300) is Zone.ACCEPT
     assert t.sampler == band(1e-3, "sampler")
 
 

@@ -22,12 +22,13 @@ import torch
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 vllm = pytest.importorskip("vllm")
 
+from bft.measure import compute_length_violation  # noqa: E402
 from bft.messages import InferenceRequest, SamplingParams, Verdict  # noqa: E402
-from bft.verifier import VerifierCore, compute_length_violation  # noqa: E402
+from bft.thresholds import get_thresholds_path, load_thresholds  # noqa: E402
+from bft.verifier import VerifierCore  # noqa: E402
 from executor.core import ExecutorCore  # noqa: E402
 from executor.model import LoadedModel, get_smollm2_dir  # noqa: E402
 from executor.sampler_torch import encode_protocol_args  # noqa: E402
-from executor.thresholds import get_thresholds_path, load_thresholds  # noqa: E402
 from executor.vllm_backend import VllmBackend  # noqa: E402
 from tests.support import NETWORK_ID, Network, get_network, make_key, verify  # noqa: E402
 

@@ -16,13 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from merkle.errors import MerkleError, SketchError
 from merkle.sketch import (
     SKETCH_CHUNK,
     SKETCH_PRIME,
     SKETCH_TOLERANCE,
     SKETCH_TOP_K,
     SketchCheck,
-    SketchError,
     check_sketch_shape,
     compute_sketch,
     count_sketch_chunks,
@@ -417,4 +417,4 @@ def test_invalid_sketch_chunk_count(tokens, chunks):
 
 
 def test_sketch_error_is_a_value_error():
-    assert issubclass(SketchError, ValueError)
+    assert issubclass(SketchError, MerkleError) and issubclass(SketchError, ValueError)

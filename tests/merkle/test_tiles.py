@@ -1,7 +1,8 @@
 """Encoding of activation tiles as Merkle leaves. [TILE.1]-[TILE.3]
 
-Every rejection here is a ``Reject``: the leaf bytes reach the decoder only after their hash was
-found under the executor's signed root, so whatever is wrong with them is the executor's doing.
+Every rejection here is a ``BadTile`` (a ``Reject`` in the core, tests/bft/test_verifier.py): the
+leaf bytes reach the decoder only after their hash was found under the executor's signed root, so
+whatever is wrong with them is the executor's doing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bft.errors import Reject
+from merkle.errors import BadTile
 from merkle.tiles import (
     DTYPE_CODES,
     HEADER_SIZE,
@@ -96,7 +97,7 @@ def test_invalid_encode_input(tile):
     ids=repr,
 )
 def test_invalid_other_tile_than_asked(kwargs):
-    with pytest.raises(Reject):
+    with pytest.raises(BadTile):
         decode(encode_tile(2, 5, BASE), **kwargs)
 
 
@@ -116,7 +117,7 @@ def test_invalid_other_tile_than_asked(kwargs):
     ids=repr,
 )
 def test_invalid_header(fields):
-    with pytest.raises(Reject):
+    with pytest.raises(BadTile):
         decode(with_header(encode_tile(2, 5, BASE), **fields))
 
 
@@ -124,7 +125,7 @@ def test_invalid_header(fields):
 def test_invalid_body_length(delta):
     leaf = encode_tile(2, 5, BASE)
     leaf = leaf[:delta] if delta < 0 else leaf + b"\x00" * delta
-    with pytest.raises(Reject):
+    with pytest.raises(BadTile):
         decode(leaf)
 
 
@@ -132,14 +133,14 @@ def test_invalid_half_precision_body_with_matching_length():
     # A float16 body of the right size is still refused: this verifier checks float32 only.
     body = BASE.astype("<f2").tobytes()
     leaf = HEADER.pack(MAGIC, 2, 5, DTYPE_CODES["float16"], 2, 3, 4) + body
-    with pytest.raises(Reject):
+    with pytest.raises(BadTile):
         decode(leaf)
 
 
 @pytest.mark.parametrize("size", [0, 1, HEADER_SIZE - 1])
 def test_invalid_shorter_than_header(size):
     # The leaf's hash is signed and in the signed root, so even a truncated leaf is provable.
-    with pytest.raises(Reject, match="shorter than its header"):
+    with pytest.raises(BadTile, match="shorter than its header"):
         decode(encode_tile(2, 5, BASE)[:size])
 
 
@@ -148,7 +149,7 @@ def test_invalid_shorter_than_header(size):
 def test_invalid_non_finite_values(value, position):
     tile = BASE.copy()
     tile[position] = value
-    with pytest.raises(Reject, match="non-finite"):
+    with pytest.raises(BadTile, match="non-finite"):
         decode(encode_tile(2, 5, tile))
 
 

@@ -13,9 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bft.errors import Malformed
+from bft.limits import MAX_LAYERS, MAX_LEAVES, MAX_VALIDATORS
 from bft.messages import (
-    MAX_LAYERS,
-    MAX_LEAVES,
     Evidence,
     EvidenceCheck,
     SamplingParams,
@@ -564,7 +563,7 @@ def test_invalid_receipt_endorsement_key_length(size):
 def test_invalid_receipt_with_too_many_validators():
     m = convert.receipt_to_pb(get_receipt())
     validators = m.validator_set.set.validators
-    validators.extend([validators[0]] * (convert.MAX_VALIDATORS + 1 - len(validators)))
+    validators.extend([validators[0]] * (MAX_VALIDATORS + 1 - len(validators)))
     with pytest.raises(Malformed, match="too many"):
         convert.receipt_from_pb(m)
 
@@ -572,7 +571,7 @@ def test_invalid_receipt_with_too_many_validators():
 def test_invalid_receipt_with_too_many_endorsements():
     m = convert.receipt_to_pb(get_receipt())
     endorsements = m.validator_set.endorsements
-    endorsements.extend([endorsements[0]] * (convert.MAX_VALIDATORS + 1 - len(endorsements)))
+    endorsements.extend([endorsements[0]] * (MAX_VALIDATORS + 1 - len(endorsements)))
     with pytest.raises(Malformed, match="too many"):
         convert.receipt_from_pb(m)
 

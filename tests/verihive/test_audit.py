@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
+import bft.evidence
+import bft.thresholds
+from bft.measure import Thresholds
 from bft.messages import EvidenceCheck
 from proto import convert
 from proto import verihive_pb2 as pb
@@ -110,3 +114,21 @@ def test_audit_malformed_and_unknown_model(capsys, tmp_path):
     path = _evidence_file(capsys, tmp_path, "int8-weights")
     assert verify_main(["audit", str(path), "--model", "smollm2"]) == 3
     assert "cannot audit" in capsys.readouterr().out
+
+
+def test_audit_abstains_only_when_it_cannot_judge(capsys, tmp_path, monkeypatch):
+    # CannotJudge is "cannot audit" (exit 3); any other error inside the audit (here a numpy
+    # ValueError while re-executing the layer) is a crash, never an abstention. [EVID.4]
+    path = _evidence_file(capsys, tmp_path, "int8-weights")
+    monkeypatch.setattr(bft.thresholds, "load_thresholds", lambda: Thresholds(profile="x-float16"))
+    assert verify_main(["audit", str(path), "--model", "tiny"]) == 3
+    assert capsys.readouterr().out.startswith("cannot audit: no calibrated bands")
+    monkeypatch.undo()
+
+    def broken(*args, **kwargs):
+        return np.add(np.ones((2, 3)), np.ones((4, 1, 2)))  # operands could not be broadcast
+
+    monkeypatch.setattr(bft.evidence, "measure_layer", broken)
+    with pytest.raises(ValueError, match="broadcast"):
+        verify_main(["audit", str(path), "--model", "tiny"])
+    assert "cannot audit" not in capsys.readouterr().out

@@ -38,10 +38,10 @@ from bft.crypto import compute_node_id
 from bft.evidence import AuditModel, audit_evidence, spot_audit_vote
 from bft.messages import Evidence, SamplingParams, Verdict
 from bft.receipt import Receipt, check_receipt
+from bft.thresholds import load_thresholds
 from bft.types import PublicKey
 from executor.backend import TorchBackend
 from executor.model import LoadedModel
-from executor.thresholds import load_thresholds
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc

@@ -9,12 +9,13 @@ import pytest
 
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
+from bft.errors import CannotJudge, Malformed, Reject, Unavailable
 from bft.messages import SamplingParams
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.localnet import LocalNetConfig, start_local_network
-from verihive.rpc import MAX_MESSAGE_BYTES, make_channel
+from verihive.rpc import MAX_MESSAGE_BYTES, compute_status, make_channel
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +216,18 @@ def test_invalid_empty_prompt_to_assembler(net):
     finally:
         channel.close()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (CannotJudge("no model for the claim"), grpc.StatusCode.UNAVAILABLE),
+        (Unavailable("not ready"), grpc.StatusCode.UNAVAILABLE),
+        (Reject("bad root"), grpc.StatusCode.FAILED_PRECONDITION),
+        (Malformed("bad field"), grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_status_of_protocol_errors(error, code):
+    # [RPC.1]: a node that cannot judge a claim abstains (the caller asks another); it is
+    # neither the caller's fault nor our bug (INTERNAL).
+    assert compute_status(error) is code

@@ -24,7 +24,8 @@ mkdir -p "$OUT"
 log="$OUT/$stage.log"
 py=python3
 pack() {
-    tar czf "$OUT/results.tgz" executor/thresholds bench/results docs/calibration 2>/dev/null
+    tar czf "$OUT/results.tgz" --exclude="*.py" --exclude=__pycache__ bft/thresholds bench/results \
+        docs/calibration 2>/dev/null
     echo "packed $(du -h "$OUT/results.tgz" | cut -f1) into results.tgz"
 }
 trap pack EXIT

@@ -2,11 +2,12 @@
 
 A verifier of profile ``V`` (``<backend>-<dtype>``, e.g. ``torch-cpu-float32``) judges
 commitments of every executor profile ``E`` it holds a calibration for:
-``executor/thresholds/<V>/<E>.json``, written by ``bench/calibrate.py``. Each band is
-``accept_max = F x (largest honest error)`` and ``reject_min = (weakest cheat signal) / F`` with
-the safety factor ``F`` stated in the file. The profiles found there are the executor profiles
-the verifier admits; a commitment of any other profile is refused ([EXEC.5]). A check whose bands
-are ``null`` is off for that pair (no cheat within its reach, [CAL.2]): it always accepts.
+``bft/thresholds/<V>/<E>.json`` (package data beside this loader), written by
+``bench/calibrate.py``. Each band is ``accept_max = F x (largest honest error)`` and
+``reject_min = (weakest cheat signal) / F`` with the safety factor ``F`` stated in the file.
+The profiles found there are the executor profiles the verifier admits; a commitment of any
+other profile is refused ([EXEC.5]). A check whose bands are ``null`` is off for that pair (no
+cheat within its reach, [CAL.2]): it always accepts.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from bft.verifier import DEFAULT_PROFILE, Band, Thresholds
+from bft.measure import DEFAULT_PROFILE, Band, Thresholds
 
-THRESHOLDS_DIR = Path(__file__).resolve().parent / "thresholds"
+THRESHOLDS_DIR = Path(__file__).resolve().parent
+"""The tables: one folder per verifier profile, one file per admitted executor profile."""
 CHECKS = ("layer", "embedding", "sampler", "sequence")
 
 
