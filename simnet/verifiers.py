@@ -16,6 +16,7 @@ Every mode signs what it sends with its own key, so each lie is attributable:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from bft.challenge import compute_commitment_challenge
@@ -114,6 +115,45 @@ class SilentVerifier(VerifierCore):
     ) -> Confirmation | None:
         """Refuse."""
         raise Unavailable("silent verifier")
+
+
+class LateVerifier(VerifierCore):
+    """Answers honestly, but only once :meth:`release` is called: past any deadline the caller
+    set, as a slow or overloaded member would. Not a mode of :func:`make_byzantine_verifier`:
+    a test builds it (``LateVerifier.of(honest)``) and releases it before shutting down."""
+
+    released: threading.Event
+
+    @classmethod
+    def of(cls, honest: VerifierCore) -> LateVerifier:
+        """Return a late copy of ``honest``."""
+        late = cls(
+            honest.key,
+            honest.model,
+            honest.model_id,
+            honest.num_layers,
+            honest.hidden_size,
+            honest.network_id,
+            honest.thresholds,
+        )
+        late.released = threading.Event()
+        return late
+
+    def release(self) -> None:
+        """Let every held and later answer go."""
+        self.released.set()
+
+    def run(self, request: InferenceRequest, signed: SignedCommitment, fetch: Fetch) -> Vote:
+        """Wait for :meth:`release`, then vote honestly."""
+        self.released.wait()
+        return super().run(request, signed, fetch)
+
+    def confirm(
+        self, request: InferenceRequest, signed: SignedCommitment, accusation: Vote
+    ) -> Confirmation | None:
+        """Wait for :meth:`release`, then confirm honestly."""
+        self.released.wait()
+        return super().confirm(request, signed, accusation)
 
 
 class DoubleVoteVerifier(VerifierCore):
