@@ -642,7 +642,7 @@ class InferenceMachine:
         an event no running attempt waits for."""
         if self.result is not None:
             raise Ignore("the request is finished")
-        attempt = next((a for a in self.running if self._wants(a, event)), None)
+        attempt = self._awaiting(event)
         if attempt is None:
             raise Ignore("no running attempt waits for this")
         actions = attempt.on_event(event)
@@ -650,13 +650,18 @@ class InferenceMachine:
             actions += self._on_settled(attempt.result)
         return actions
 
-    @staticmethod
-    def _wants(attempt: Attempt, event: Event) -> bool:
-        if isinstance(event, TimerFired):
-            return attempt.phase in (Phase.EXECUTING, Phase.VOTING, Phase.CONFIRMING) and (
-                attempt.state.timer == event.timer
-            )
-        return attempt.is_waiting_for(event.call)
+    def is_awaited(self, event: Event) -> bool:
+        """Return whether a running attempt waits for ``event``."""
+        return self.result is None and self._awaiting(event) is not None
+
+    def _awaiting(self, event: Event) -> Attempt | None:
+        for attempt in self.running:
+            if isinstance(event, TimerFired):
+                if attempt.timer == event.timer:
+                    return attempt
+            elif attempt.is_waiting_for(event.call):
+                return attempt
+        return None
 
     def _on_settled(self, result: AttemptResult) -> list[Action]:
         self.excluded = self.excluded | result.offenders  # refused for good [SLASH.3]

@@ -6,27 +6,34 @@ time, hedging, disagreement, deadlines, excluded keys, refused and malformed ans
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bft.assembler import AssemblerPolicy, Outcome, build_receipt
 from bft.attempt import (
     DISAGREEMENT,
+    Action,
     Attempt,
     CallFailed,
     Cancel,
     CommitmentReceived,
     Confirm,
+    ConfirmationReceived,
     Contact,
+    Event,
     Execute,
     Finished,
     InferenceMachine,
     MalformedAnswer,
     Phase,
     Refused,
+    SetTimer,
     Settled,
     TimerFired,
     Verify,
@@ -384,3 +391,97 @@ def test_invalid_machine_needs_a_request_id_per_batch():
             [],
             REQUEST_IDS[:1],
         )
+
+
+# --- the whole request under any interleaving (hypothesis)
+
+
+@functools.cache
+def get_answer(address: str, pk: PublicKey, request_id: bytes) -> Vote:
+    """Return member ``pk``'s honest vote on the commitment of the executor at ``address``."""
+    net = get_network()
+    ex = net.executor if address == "honest" else get_liar()
+    request = net.request(request_id=request_id)
+    return verify(net.verifiers[pk], ex, request, ex.on_execute(request)).vote
+
+
+@functools.cache
+def get_finding(pk: PublicKey, accusation: Vote) -> Confirmation | None:
+    net = get_network()
+    request = net.request(request_id=REQUEST_IDS[0])
+    signed = get_liar().on_execute(request)
+    return net.verifiers[pk].confirm(request, signed, accusation)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rnd=st.randoms(use_true_random=False), verify_all=st.booleans(), liar_first=st.booleans())
+def test_hedged_request_under_any_interleaving(rnd, verify_all, liar_first):
+    # A liar (tamper-tokens, every member catches it) and an honest executor in one batch;
+    # answers arrive in any order, some twice, some never, some after a deadline. Whatever
+    # happens: the machine finishes once, serves only a certified honest answer, reports no
+    # cancelled attempt, and serves the honest one whenever nothing was lost.
+    net = get_network()
+    liar, honest = contact(get_liar(), "liar"), contact(net.executor, "honest")
+    cores = {"liar": get_liar(), "honest": net.executor}
+    policy = dataclasses.replace(net.policy, hedge=2, hedge_verify_all=verify_all)
+    m = machine(net, [liar, honest] if liar_first else [honest, liar], policy)
+    pending: list[Event] = []
+    timers: list[int] = []
+    finishes: list[Finished] = []
+    cancelled: set[int] = set()
+    lost = False
+
+    def perform(actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Execute):
+                pending.append(
+                    CommitmentReceived(a.call, cores[a.executor.address].on_execute(a.request))
+                )
+            elif isinstance(a, Verify):
+                vote = get_answer(a.executor.address, a.verifier.key, a.request.request_id)
+                pending.append(VoteReceived(a.call, vote))
+            elif isinstance(a, Confirm):
+                conf = get_finding(a.verifier.key, a.accusation)
+                if conf is not None:
+                    pending.append(ConfirmationReceived(a.call, conf))
+            elif isinstance(a, SetTimer):
+                timers.append(a.timer)
+            elif isinstance(a, Cancel):
+                cancelled.update(a.calls)
+            elif isinstance(a, Finished):
+                finishes.append(a)
+
+    def feed(event: Event) -> None:
+        with contextlib.suppress(Ignore):  # late, twice, or of a cancelled call
+            perform(m.on_event(event))
+
+    perform(m.start())
+    while not m.done:
+        roll = rnd.random()
+        if pending and roll < 0.85:
+            event = pending.pop(rnd.randrange(len(pending)))
+            if rnd.random() < 0.1:
+                pending.append(event)  # it will come twice
+            feed(event)
+        elif pending and roll < 0.9:
+            pending.pop(rnd.randrange(len(pending)))
+            lost = True
+        else:
+            assert timers, "the machine waits with no timer set"
+            if any(m.is_awaited(e) for e in pending):
+                lost = True  # a deadline cuts an answer short
+            feed(TimerFired(timers.pop(rnd.randrange(len(timers)))))
+    (done,) = finishes
+    result = done.result
+    served = result.served
+    for a in result.attempts:
+        assert a.outcome is not Outcome.CERTIFIED or a.executor == honest
+    if served is not None:
+        assert served.executor == honest and served.tally is not None
+        assert result.output_tokens == served.tally.signed.commitment.output_tokens
+        check_receipt(build_receipt(served.tally, net.validator_set))
+    elif not lost:
+        raise AssertionError(f"nothing lost, yet nothing served: {result.attempts}")
+    reported = {a.executor for a in result.attempts}
+    if verify_all:
+        assert reported == {liar, honest} or lost
