@@ -109,6 +109,55 @@ def render_rerun(before: dict[str, Any]) -> list[str]:
     return render_detection(d, title, note)
 
 
+def render_reshape() -> list[str]:
+    """Return the section comparing the detection table before and after [reshape] ([ASM.7])."""
+    before_path = RESULTS / "detection-reshape-before.json"
+    after_path = RESULTS / "detection-reshape-after.json"
+    if not (before_path.exists() and after_path.exists()):
+        return []
+    before = json.loads(before_path.read_text())
+    after = json.loads(after_path.read_text())
+    old = {r["mode"]: r for r in before["modes"]}
+    lines = [
+        "## The same table through the attempt machine (`--seed 0`, [reshape])",
+        "",
+        "The assembler's rules became one machine ([ASM.7]) that this benchmark now drives, "
+        "confirmation rounds included (before, it tallied the votes with a copy of its own). "
+        "Both versions ran with the same seed, hence the same keys, request ids and commitments, "
+        f"{after['modes'][0]['requests']} requests per mode and {after['honest']['total']} honest "
+        f"runs, on {_machine(after['machine'])}. `same` compares the caught count and the "
+        "evidence kinds; the seconds include the confirmation rounds (and a machine shared with "
+        "other jobs).",
+        "",
+        "| mode | caught before | caught after | evidence before | evidence after | same "
+        "| s before | s after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in after["modes"]:
+        o = old.get(r["mode"])
+        if o is None:
+            continue
+        same = o["caught"] == r["caught"] and o["evidence"] == r["evidence"]
+        lines.append(
+            f"| {r['mode']} | {o['caught']}/{o['requests']} | {r['caught']}/{r['requests']} | "
+            f"{_evidence(o['evidence'])} | {_evidence(r['evidence'])} | "
+            f"{'yes' if same else 'NO'} | {o['seconds']:.0f} | {r['seconds']:.0f} |"
+        )
+    hb, ha = before["honest"], after["honest"]
+    lines += [
+        "",
+        f"Honest runs: {hb['false_rejects']} false rejects in {hb['total']} before, "
+        f"{ha['false_rejects']} in {ha['total']} after. Raw numbers: "
+        "`bench/results/detection-reshape-before.json`, `detection-reshape-after.json`.",
+        "",
+    ]
+    return lines
+
+
+def _evidence(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
 def render_certainty(c: dict[str, Any]) -> list[str]:
     k = c["costs"]
     lines = [
@@ -222,6 +271,7 @@ def main() -> None:
         "",
         *render_detection(det),
         *render_rerun(det),
+        *render_reshape(),
         *render_certainty(cer),
         *render_sketch(json.loads((RESULTS / "sketch.json").read_text())),
         "## Defaults and why",
