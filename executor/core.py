@@ -153,6 +153,18 @@ class ExecutorCore:
             raise Unavailable(f"the execution of this request failed: {error}") from error
         return flight.result()
 
+    def process_recalled(self, signed: SignedCommitment) -> None:
+        """Remember ``signed``, a commitment this key signed before a restart ([NODE.1]).
+
+        A repeat of its request is answered with it ([COMMIT.5]) and an ``Open`` recomputes its
+        tree ([COMMIT.7]). Raise :class:`Reject` for a commitment signed by another key.
+        """
+        signed.check()
+        if signed.commitment.executor_key != self.key.public_key:
+            raise Reject("a recalled commitment is signed by another key")
+        with self._lock:
+            self._remember(signed.commitment.request_digest, signed)
+
     def get_in_flight_count(self) -> int:
         """Return how many executions are running now (at most one per request digest)."""
         with self._lock:

@@ -7,9 +7,9 @@ import threading
 
 import grpc
 
-from bft.errors import CannotJudge, Malformed, Unavailable
+from bft.errors import CannotJudge, Malformed, NotFound, Unavailable
 from bft.limits import MAX_OPENINGS
-from bft.messages import OpeningResponse
+from bft.messages import OpeningResponse, SignedCommitment
 from bft.types import DIGEST_SIZE, Digest
 from bft.verifier import Session, VerifierCore
 from executor.batching import ExecutionBatcher
@@ -17,6 +17,7 @@ from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from verihive.journal import Journal, JournalError
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,16 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     calls are generated together.
     """
 
-    def __init__(self, core: ExecutorCore, batcher: ExecutionBatcher | None = None) -> None:
+    def __init__(
+        self,
+        core: ExecutorCore,
+        batcher: ExecutionBatcher | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self.core = core
         self.batcher = batcher
+        self.journal = journal
+        """Where signed commitments are kept across restarts ([NODE.1]); none: memory only."""
 
     def close(self) -> None:
         """Stop the batcher, if any."""
@@ -55,9 +63,23 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if not request.HasField("request"):
             raise Malformed("ExecuteRequest.request is missing")
         inference = convert.request_from_pb(request.request)
-        runner = self.batcher or self.core
-        signed = runner.on_execute(inference)
+        signed = self.recall(inference.digest())
+        if signed is None:
+            runner = self.batcher or self.core
+            signed = runner.on_execute(inference)
+            if self.journal is not None:  # on disk before it leaves the process [NODE.1]
+                signed = self.journal.keep_commitment(signed)
         return pb.ExecuteResponse(commitment=convert.commitment_to_pb(signed))
+
+    def recall(self, request_digest: Digest) -> SignedCommitment | None:
+        """Return the commitment the journal holds for ``request_digest``, now known to the
+        core again ([NODE.1]); ``None`` without a journal or a record."""
+        if self.journal is None:
+            return None
+        signed = self.journal.get_commitment(request_digest)
+        if signed is not None:
+            self.core.process_recalled(signed)
+        return signed
 
     def Open(self, request: pb.OpenRequest, context: grpc.ServicerContext) -> pb.OpenResponse:
         """Return the signed openings of the requested tiles."""
@@ -66,16 +88,28 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if len(request.tiles) > MAX_OPENINGS:
             raise Malformed("too many tiles requested")
         tiles = tuple(convert.tile_from_pb(t) for t in request.tiles)
-        response = self.core.on_open(Digest(request.commitment_digest), tiles)
+        digest = Digest(request.commitment_digest)
+        try:
+            response = self.core.on_open(digest, tiles)
+        except NotFound:
+            known = self.journal.get_commitment_by_digest(digest) if self.journal else None
+            if known is None:
+                raise
+            self.core.process_recalled(known)  # signed before a restart: recompute its tree
+            response = self.core.on_open(digest, tiles)
         return convert.opening_response_to_pb(response)
 
 
 class VerifierService(pb_grpc.VerifierServicer):
     """Serves ``Verify``: challenge, fetch openings from the executor over gRPC, vote."""
 
-    def __init__(self, core: VerifierCore, backend_name: str) -> None:
+    def __init__(
+        self, core: VerifierCore, backend_name: str, journal: Journal | None = None
+    ) -> None:
         self.core = core
         self.backend_name = backend_name
+        self.journal = journal
+        """Where signed votes are kept across restarts ([NODE.1]); none: memory only."""
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -95,6 +129,12 @@ class VerifierService(pb_grpc.VerifierServicer):
             raise Malformed("VerifyRequest needs request and commitment")
         req = convert.request_from_pb(request.request)
         signed = convert.commitment_from_pb(request.commitment)
+        if self.journal is not None:
+            known = self.journal.get_vote(req.digest(), signed.digest)
+            if known is not None:  # signed before a restart: that vote, byte for byte [NODE.1]
+                if known.verifier_key != self.core.key.public_key:
+                    raise JournalError(f"{self.journal.path} holds another key's votes")
+                return convert.vote_to_pb(self.core.remember(known))
         address = check_address(request.executor_address)
         stub = pb_grpc.ExecutorStub(self._channel(address))
 
@@ -111,7 +151,10 @@ class VerifierService(pb_grpc.VerifierServicer):
             return convert.opening_response_from_pb(raw)
 
         # start() inside run() raises on a bad executor signature: no vote at all.
-        return convert.vote_to_pb(self.core.run(req, signed, fetch))
+        vote = self.core.run(req, signed, fetch)
+        if self.journal is not None:  # on disk before it leaves the process [NODE.1]
+            vote = self.journal.keep_vote(vote)
+        return convert.vote_to_pb(vote)
 
     def Confirm(self, request: pb.ConfirmRequest, context: grpc.ServicerContext) -> pb.Confirmation:
         """Audit the accusation's evidence with this verifier's model and sign the finding."""

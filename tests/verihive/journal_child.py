@@ -1,0 +1,65 @@
+"""A node process for the restart tests: the test network's executor or one of its verifiers,
+with a journal, serving on loopback until killed. [NODE.1]
+
+    python -m tests.verihive.journal_child executor JOURNAL PORT_FILE [--no-execute]
+    python -m tests.verihive.journal_child verifier JOURNAL PORT_FILE [--validator N] [--no-verify]
+
+``--no-execute`` / ``--no-verify``: the restarted node must answer from its journal; computing
+anew raises (so a test sees that it did not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from bft.errors import Unavailable
+from proto import verihive_pb2_grpc as pb_grpc
+from tests.support import get_network
+from verihive.journal import Journal
+from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
+from verihive.services import ExecutorService, VerifierService
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("role", choices=("executor", "verifier"))
+    p.add_argument("journal", type=Path)
+    p.add_argument("port_file", type=Path)
+    p.add_argument("--no-execute", action="store_true")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--validator", type=int, default=0, help="which validator's key to serve")
+    args = p.parse_args()
+    net = get_network()
+    journal = Journal(args.journal)
+    server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
+    if args.role == "executor":
+        core = net.executor
+        if args.no_execute:
+
+            def refuse(*_args: object) -> None:
+                raise Unavailable("this process must answer from its journal")
+
+            core.execute_fresh = refuse  # type: ignore[method-assign,assignment]
+        pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core, journal=journal), server)
+    else:
+        verifier = net.verifiers[net.validators[args.validator]]
+        if args.no_verify:
+
+            def refuse_run(*_args: object) -> None:
+                raise Unavailable("this process must answer from its journal")
+
+            verifier.run = refuse_run  # type: ignore[method-assign,assignment]
+        service = VerifierService(verifier, net.backend.info.name, journal=journal)
+        pb_grpc.add_VerifierServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    tmp = args.port_file.with_suffix(".tmp")
+    tmp.write_text(str(port))
+    tmp.rename(args.port_file)  # whole, or not at all
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
