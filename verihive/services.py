@@ -103,6 +103,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
 class VerifierService(pb_grpc.VerifierServicer):
     """Serves ``Verify``: challenge, fetch openings from the executor over gRPC, vote."""
 
+    open_timeout_s: float = OPEN_TIMEOUT_S
+    """Deadline of each ``Open`` call to the executor, in seconds ([RPC.2])."""
+
     def __init__(
         self, core: VerifierCore, backend_name: str, journal: Journal | None = None
     ) -> None:
@@ -144,7 +147,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                 commitment_digest=signed.digest, tiles=[convert.tile_to_pb(t) for t in tiles]
             )
             try:
-                raw = stub.Open(open_request, timeout=OPEN_TIMEOUT_S)
+                raw = stub.Open(open_request, timeout=self.open_timeout_s)
             except grpc.RpcError as exc:
                 log.info("openings unavailable from %s: %s", address, exc.code().name)
                 raise Unavailable(exc.code().name) from exc
