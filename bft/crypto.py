@@ -82,6 +82,15 @@ class SigningKey:
         )
         return cls(private=private, public_key=public, node_id=compute_node_id(public))
 
+    @property
+    def seed(self) -> bytes:
+        """Return the 32-byte private seed (what a key file holds)."""
+        return self.private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
     @classmethod
     def load_or_create(cls, path: Path) -> SigningKey:
         """Load the raw 32-byte seed at ``path``, creating it (mode 0600) if absent."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 from google.protobuf.message import DecodeError, Message
 
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
@@ -25,7 +26,13 @@ from proto import verihive_pb2_grpc as pb_grpc
 from simnet.executors import MODES
 from simnet.verifiers import VERIFIER_MODES
 from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
-from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
+from verihive.rpc import (
+    INFER_TIMEOUT_S,
+    INFO_TIMEOUT_S,
+    MAX_OPEN_MESSAGE_BYTES,
+    check_address,
+    make_channel,
+)
 
 MAX_EVIDENCE_BYTES = 64 << 20
 
@@ -163,6 +170,11 @@ def infer_main(argv: list[str] | None = None) -> int:
         description="Run a prompt on an embedded verihive network (loopback gRPC).",
     )
     p.add_argument("prompt")
+    p.add_argument(
+        "--assembler",
+        metavar="HOST:PORT",
+        help="ask a running network's assembler instead of starting an embedded one",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--receipt-out", type=Path, help="write the receipt JSON to this file")
     p.add_argument(
@@ -227,11 +239,30 @@ def infer_main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
 
+    sampling = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+    )
+    try:
+        sampling.validate()
+    except ProtocolError as exc:
+        p.error(str(exc))
+    start = time.monotonic()
+    if args.assembler:
+        try:
+            check_address(args.assembler)
+        except ProtocolError as exc:
+            p.error(str(exc))
+        reply, model_id = _infer_remote(args.assembler, args.prompt, sampling)
+        result = build_result(reply, "(the network's)", model_id, time.monotonic() - start)
+        return _report(args, reply, result)
+
     from executor.model import load_smollm2, load_tiny
     from simnet.localnet import local_faults
     from verihive.localnet import DEFAULT_NETWORK_ID, LocalNetConfig, start_local_network
 
-    start = time.monotonic()
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
     policy = AssemblerPolicy(
         DEFAULT_NETWORK_ID,
@@ -248,16 +279,6 @@ def infer_main(argv: list[str] | None = None) -> int:
         executor_device=args.executor_device,
         executor_dtype=args.executor_dtype,
     )
-    sampling = SamplingParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-    )
-    try:
-        sampling.validate()
-    except ProtocolError as exc:
-        p.error(str(exc))
     from verihive.localnet import make_executor_backend
 
     try:  # fail before starting servers: an unadmitted profile would only be refused
@@ -276,6 +297,31 @@ def infer_main(argv: list[str] | None = None) -> int:
         finally:
             channel.close()
     result = build_result(reply, loaded.name, loaded.model_id, time.monotonic() - start)
+    return _report(args, reply, result)
+
+
+def _infer_remote(
+    address: str, prompt: str, sampling: SamplingParams
+) -> tuple[pb.InferResponse, bytes]:
+    """Return the assembler's answer to ``prompt`` and the model id it serves."""
+    channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
+    try:
+        stub = pb_grpc.AssemblerStub(channel)
+        info = stub.GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
+        reply = stub.Infer(
+            pb.InferRequest(prompt=prompt, sampling=convert.sampling_to_pb(sampling)),
+            timeout=INFER_TIMEOUT_S,
+        )
+    except grpc.RpcError as exc:
+        print(f"error: {address}: {exc.code().name} {exc.details()}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    finally:
+        channel.close()
+    return reply, bytes(info.model_id)
+
+
+def _report(args: argparse.Namespace, reply: pb.InferResponse, result: dict[str, Any]) -> int:
+    """Write the files asked for, print the result; return the exit status."""
     if args.receipt_out and reply.accepted:
         args.receipt_out.write_text(receipt_to_json(reply.receipt))
     if args.evidence_out:
@@ -420,7 +466,7 @@ def _check_slash_file(path: Path, model: str) -> int:
 
 
 def verify_main(argv: list[str] | None = None) -> int:
-    """Run ``bft-verify``: offline checks (``receipt FILE``)."""
+    """Run ``bft-verify``: offline checks (receipt, audit, slash) and the validator node."""
     p = argparse.ArgumentParser(prog="bft-verify", description="verihive validator tools")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser(
@@ -446,7 +492,12 @@ def verify_main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("file", type=Path)
     s.add_argument("--model", choices=("auto", "smollm2", "tiny"), default="auto")
+    from verihive.nodecli import add_node_commands, run_node_command
+
+    add_node_commands(sub, "verifier")  # init, serve, status: a validator node [NODE.2]
     args = p.parse_args(argv)
+    if args.command in ("init", "serve", "status"):
+        return run_node_command(args, "verifier")
     if args.command == "audit":
         return _audit(args.file, args.model)
     if args.command == "slash":

@@ -1,0 +1,161 @@
+"""Node homes and a multi-process testnet on loopback (tiny model). [NODE.2], [NODE.3]"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from bft.assembler import AssemblerPolicy
+from bft.crypto import SigningKey
+from bft.validators import make_genesis
+from verihive import nodecli, testnet
+from verihive.cli import infer_main, verify_main
+from verihive.node import (
+    NodeError,
+    create_node_key,
+    load_config,
+    load_genesis,
+    load_node_key,
+    write_config,
+    write_genesis,
+)
+
+# --- keys
+
+
+def test_node_key_is_written_owner_only_and_never_overwritten(tmp_path):
+    path = tmp_path / "node_key"
+    key = create_node_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_node_key(path).public_key == key.public_key
+    with pytest.raises(NodeError, match="already there"):
+        create_node_key(path)
+    assert load_node_key(path).public_key == key.public_key  # nothing lost
+
+
+def test_invalid_node_key_readable_by_others_is_refused(tmp_path):
+    path = tmp_path / "node_key"
+    create_node_key(path)
+    path.chmod(0o644)
+    with pytest.raises(NodeError, match="too open"):
+        load_node_key(path)
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 64])
+def test_invalid_node_key_of_the_wrong_size(tmp_path, size):
+    path = tmp_path / "node_key"
+    path.write_bytes(b"\x01" * size)
+    path.chmod(0o600)
+    with pytest.raises(NodeError, match=f"not {size} bytes"):
+        load_node_key(path)
+
+
+# --- config
+
+
+def test_config_written_by_init_loads_and_the_environment_overrides_it(tmp_path, monkeypatch):
+    write_config(tmp_path, "executor", "127.0.0.1:7001")
+    config = load_config(tmp_path)
+    assert (config.node.role, config.node.listen, config.executor.chunk_size) == (
+        "executor",
+        "127.0.0.1:7001",
+        16,
+    )
+    monkeypatch.setenv("VERIHIVE_NODE_LISTEN", "0.0.0.0:7002")
+    monkeypatch.setenv("VERIHIVE_EXECUTOR_CHUNK_SIZE", "8")
+    config = load_config(tmp_path)
+    assert (config.node.listen, config.executor.chunk_size) == ("0.0.0.0:7002", 8)
+    assert "# " in (tmp_path / "config.toml").read_text()  # every key is commented
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda t: t.replace('listen = "127.0.0.1:7001"', 'listen = "nowhere"'), "node.listen"),
+        (lambda t: t.replace('role = "executor"', 'role = "oracle"'), "node.role"),
+        (lambda t: t.replace("chunk_size = 16", "chunk_size = 0"), "executor.chunk_size"),
+        (lambda t: t + "\n[node2]\nx = 1\n", "node2"),
+        (lambda t: t.replace("[node]", "[node"), "config.toml"),
+    ],
+    ids=["bad-address", "bad-role", "bad-chunk", "unknown-section", "toml-syntax"],
+)
+def test_invalid_config_names_the_file_and_key(tmp_path, edit, needle):
+    write_config(tmp_path, "executor", "127.0.0.1:7001")
+    path = tmp_path / "config.toml"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(NodeError, match=needle) as info:
+        load_config(tmp_path)
+    assert str(path) in str(info.value)
+
+
+# --- genesis
+
+
+def test_genesis_round_trip_and_tampering(tmp_path):
+    keys = [SigningKey.generate() for _ in range(4)]
+    policy = AssemblerPolicy("net-a", f=1)
+    path = tmp_path / "genesis.json"
+    write_genesis(path, policy, "tiny", make_genesis("net-a", keys))
+    loaded_policy, model, validators = load_genesis(path)
+    assert (loaded_policy, model, len(validators.vset.validators)) == (policy, "tiny", 4)
+    data = json.loads(path.read_text())
+    data["validator_set"]["endorsements"] = data["validator_set"]["endorsements"][:2]
+    path.write_text(json.dumps(data))
+    with pytest.raises(NodeError, match="not a valid genesis"):
+        load_genesis(path)
+
+
+def test_init_refuses_an_existing_home(tmp_path, capsys):
+    home = tmp_path / "ex"
+    assert nodecli.executor_main(["init", "--home", str(home)]) == 0
+    assert "executor" in capsys.readouterr().out
+    assert nodecli.executor_main(["init", "--home", str(home)]) == 2
+    assert "already a node home" in capsys.readouterr().err
+
+
+# --- a testnet: one process per node
+
+
+def _infer(address: str, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    code = infer_main(["--assembler", address, "--max-new-tokens", "4", "--json", "Hello?"])
+    result: dict[str, object] = json.loads(capsys.readouterr().out)
+    assert code == (0 if result["accepted"] else 1)
+    return result
+
+
+def test_testnet_serves_and_carries_on_when_an_executor_is_killed(tmp_path, capsys):
+    out = tmp_path / "net"
+    assert nodecli.testnet_main(["init", "--out", str(out), "--model", "tiny"]) == 0
+    capsys.readouterr()
+    nodes = {n.name: n for n in testnet.get_nodes(out)}
+    assert len(nodes) == 7
+    try:
+        assert nodecli.testnet_main(["up", str(out)]) == 0
+        capsys.readouterr()
+        assembler = nodes["assembler"].address
+        first = _infer(assembler, capsys)
+        assert first["accepted"] is True
+        assert verify_main(["status", nodes["verifier-0"].address, "--json"]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["role"] == "verifier" and status["network_id"] == "verihive-testnet"
+        # Kill executor-0 outright: the assembler moves on to executor-1. [ASM.1]
+        pid = int((nodes["executor-0"].home / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while testnet.is_serving(nodes["executor-0"].address):
+            time.sleep(0.1)
+        second = _infer(assembler, capsys)
+        assert second["accepted"] is True
+        attempts = second["attempts"]
+        assert isinstance(attempts, list)
+        failed, served = attempts
+        assert failed["outcome"] == "failed" and "execute failed" in failed["reason"]
+        assert served["outcome"] == "certified"
+    finally:
+        assert nodecli.testnet_main(["down", str(out)]) == 0
+    for n in nodes.values():
+        assert not testnet.is_serving(n.address)
+        assert not (n.home / "pid").exists()
