@@ -250,7 +250,7 @@ def infer_main(argv: list[str] | None = None) -> int:
     except ProtocolError as exc:
         p.error(str(exc))
     start = time.monotonic()
-    if args.assembler:
+    if args.assembler is not None:
         try:
             check_address(args.assembler)
         except ProtocolError as exc:
