@@ -42,7 +42,13 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.journal import Journal
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, check_address, make_server
+from verihive.rpc import (
+    MAX_OPEN_MESSAGE_BYTES,
+    add_health_and_reflection,
+    check_address,
+    make_server,
+    set_serving,
+)
 from verihive.services import ExecutorService, VerifierService
 
 log = logging.getLogger(__name__)
@@ -330,10 +336,13 @@ def serve(home: Path, stop: threading.Event | None = None) -> None:
         )
         closers.append(node.close)
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
+    service_name = pb.DESCRIPTOR.services_by_name[role.capitalize()].full_name
+    health = add_health_and_reflection(server, service_name)
     port = server.add_insecure_port(config.node.listen)
     if port == 0:
         raise NodeError(f"{home / CONFIG_FILE}: cannot listen on {config.node.listen}")
     server.start()
+    set_serving(health, service_name)
     host = config.node.listen.rpartition(":")[0]
     address = home / "address"
     tmp = address.with_suffix(".tmp")
@@ -343,6 +352,7 @@ def serve(home: Path, stop: threading.Event | None = None) -> None:
     try:
         stop.wait()
     finally:
+        health.enter_graceful_shutdown()  # NOT_SERVING: callers stop sending new work
         server.stop(SHUTDOWN_GRACE_S).wait()  # in-flight calls drain up to the grace
         for close in closers:
             close()

@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
 
 from bft.attempt import Deadlines
@@ -136,3 +138,35 @@ def check_address(address: str) -> str:
     if not sep or not host or not port.isdigit() or len(address) > 256 or not 0 < int(port) < 65536:
         raise Malformed(f"not a host:port address: {address[:64]!r}")
     return address
+
+
+def add_health_and_reflection(server: grpc.Server, service: str) -> health.HealthServicer:
+    """Serve gRPC health checking (``grpc.health.v1``) and reflection for ``service`` (a full
+    name such as ``verihive.v1.Verifier``) on ``server``; return the health servicer, which
+    answers NOT_SERVING until :func:`set_serving`. [NODE.2]"""
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    names = (service, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    for name in ("", service):
+        servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, service: str) -> None:
+    """Mark the node and ``service`` SERVING."""
+    for name in ("", service):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def is_healthy(address: str, timeout_s: float = INFO_TIMEOUT_S) -> bool:
+    """Return whether the node at ``address`` answers SERVING to a health check."""
+    channel = make_channel(address)
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()

@@ -2,9 +2,9 @@
 
 ``init`` writes a home per node (``verifier-<i>``, ``executor-<i>``, ``assembler``) and the
 network's ``genesis.json`` (the verifiers are the genesis validator set, endorsed by every
-member); ``up`` starts each node as its own process (``bft-node serve --home``), verifiers and
-executors first, and returns once every node answers ``GetInfo``; ``down`` sends SIGTERM, then
-SIGKILL after a grace period. [NODE.3]
+member); ``up`` starts each node as its own process (``python -m verihive.nodecli serve
+--home``), verifiers and executors first, and returns once every node's gRPC health check says
+SERVING; ``down`` sends SIGTERM, then SIGKILL after a grace period. [NODE.3]
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from bft.assembler import AssemblerPolicy
 from bft.validators import make_genesis
-from proto import verihive_pb2 as pb
-from proto import verihive_pb2_grpc as pb_grpc
 from verihive.node import (
     GENESIS_FILE,
     KEY_FILE,
@@ -34,7 +30,7 @@ from verihive.node import (
     write_config,
     write_genesis,
 )
-from verihive.rpc import INFO_TIMEOUT_S, make_channel
+from verihive.rpc import is_healthy
 
 STOP_GRACE_S = 15.0
 """How long ``down`` waits after SIGTERM before SIGKILL, in seconds."""
@@ -103,7 +99,7 @@ def get_nodes(out: Path) -> list[Node]:
 
 
 def up(out: Path, timeout_s: float = 300.0) -> list[Node]:
-    """Start every node of ``out`` as its own process; return them once each answers."""
+    """Start every node of ``out`` as its own process; return them once each is SERVING."""
     nodes = get_nodes(out)
     started = []
     assemblers = [n for n in nodes if n.role == "assembler"]
@@ -124,7 +120,7 @@ def up(out: Path, timeout_s: float = 300.0) -> list[Node]:
 
 
 def wait_until_serving(node: Node, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Return once ``node`` answers ``GetInfo``; raise if its process dies or time runs out."""
+    """Return once ``node`` is SERVING; raise if its process dies or time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
@@ -138,19 +134,8 @@ def wait_until_serving(node: Node, proc: subprocess.Popen[bytes], timeout_s: flo
 
 
 def is_serving(address: str) -> bool:
-    """Return whether a node answers ``GetInfo`` at ``address``."""
-    channel = make_channel(address)
-    try:
-        for stub in (pb_grpc.ExecutorStub, pb_grpc.VerifierStub, pb_grpc.AssemblerStub):
-            try:
-                stub(channel).GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
-                return True
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                    return False
-        return False
-    finally:
-        channel.close()
+    """Return whether the node at ``address`` reports SERVING (gRPC health checking)."""
+    return is_healthy(address)
 
 
 def down(out: Path, grace_s: float = STOP_GRACE_S) -> list[str]:

@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
@@ -23,6 +24,7 @@ from verihive.node import (
     write_config,
     write_genesis,
 )
+from verihive.rpc import is_healthy, make_channel
 
 # --- keys
 
@@ -127,6 +129,18 @@ def _infer(address: str, capsys: pytest.CaptureFixture[str]) -> dict[str, object
     return result
 
 
+def _reflected_services(address: str) -> set[str]:
+    """Return the services the node at ``address`` lists through server reflection."""
+    channel = make_channel(address)
+    try:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = list(stub.ServerReflectionInfo(iter([ask]), timeout=10))
+        return {s.name for s in reply.list_services_response.service}
+    finally:
+        channel.close()
+
+
 def test_testnet_serves_and_carries_on_when_an_executor_is_killed(tmp_path, capsys):
     out = tmp_path / "net"
     assert nodecli.testnet_main(["init", "--out", str(out), "--model", "tiny"]) == 0
@@ -137,6 +151,10 @@ def test_testnet_serves_and_carries_on_when_an_executor_is_killed(tmp_path, caps
         assert nodecli.testnet_main(["up", str(out)]) == 0
         capsys.readouterr()
         assembler = nodes["assembler"].address
+        for n in nodes.values():  # gRPC health checking and reflection on every node
+            assert is_healthy(n.address), n.name
+            want = f"verihive.v1.{n.role.capitalize()}"
+            assert want in _reflected_services(n.address), n.name
         first = _infer(assembler, capsys)
         assert first["accepted"] is True
         assert verify_main(["status", nodes["verifier-0"].address, "--json"]) == 0
