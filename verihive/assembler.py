@@ -48,6 +48,7 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from slashing.records import Penalty, SlashRecord
 from trust.tombstones import Tombstones, process_tally
+from verihive import metrics
 from verihive.rpc import (
     INFO_TIMEOUT_S,
     MAX_OPEN_MESSAGE_BYTES,
@@ -314,6 +315,19 @@ class _GrpcRun:
         )
 
 
+def record_metrics(attempts: Sequence[AttemptResult], accepted: bool, seconds: float) -> None:
+    """Count one answered client request and its attempts. [NODE.4]"""
+    metrics.REQUESTS.labels(outcome="certified" if accepted else "failed").inc()
+    if accepted:
+        metrics.CERTIFICATION_SECONDS.observe(seconds)
+    for a in attempts:
+        metrics.ATTEMPTS.labels(outcome=a.outcome.value).inc()
+        metrics.DISPUTES.inc(len(a.tally.disputes) if a.tally else 0)
+        for r in a.slashes:
+            metrics.SLASHES.labels(offence=r.offence.value).inc()
+        metrics.PENALTIES.inc(len(a.penalties))
+
+
 def _node(key: PublicKey) -> str:
     return short_hex(compute_node_id(key))
 
@@ -343,6 +357,7 @@ class AssemblerService(pb_grpc.AssemblerServicer):
         )
         text, attempts = self.node.infer(request.prompt, sampling)
         accepted = any(a.outcome is Outcome.CERTIFIED for a in attempts)
+        record_metrics(attempts, accepted, time.monotonic() - start)
         response = pb.InferResponse(text=text, accepted=accepted)
         for a in attempts:
             response.attempts.append(

@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -40,6 +41,7 @@ from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from verihive import metrics
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.journal import Journal
 from verihive.rpc import (
@@ -112,11 +114,18 @@ class NodeSection(BaseModel):
     key_file: str = KEY_FILE
     journal: str = "journal.db"
     """What this node signed ([NODE.1]), relative to the home; empty: memory only."""
+    metrics: str = ""
+    """host:port to serve Prometheus ``/metrics`` on ([NODE.4]); empty: none."""
 
     @field_validator("listen")
     @classmethod
     def _address(cls, value: str) -> str:
         return _host_port(value, any_port=True)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return _host_port(value, any_port=True) if value else value
 
 
 class NetworkSection(BaseModel):
@@ -208,6 +217,7 @@ def write_config(
     genesis: str = GENESIS_FILE,
     executors: Sequence[str] = (),
     verifiers: Sequence[str] = (),
+    metrics: str = "",
 ) -> Path:
     """Write ``home/config.toml`` for ``role`` with every key commented; return its path."""
     text = f'''# verihive node configuration. Every key can be overridden from the environment:
@@ -223,6 +233,8 @@ listen = "{listen}"
 key_file = "{KEY_FILE}"
 # what this node signed, kept across restarts (SQLite, [NODE.1]); "" keeps it in memory only
 journal = "journal.db"
+# host:port to serve Prometheus metrics on (http://HOST:PORT/metrics); "" serves none
+metrics = "{metrics}"
 
 [network]
 # network id, policy, model and the signed genesis validator set, relative to this home
@@ -299,7 +311,11 @@ def serve(home: Path, stop: threading.Event | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     from executor.model import load_smollm2, load_tiny
 
+    started = time.monotonic()
     loaded = load_smollm2() if model == "smollm2" else load_tiny()
+    metrics.MODEL_LOAD_SECONDS.set(time.monotonic() - started)
+    if config.node.metrics:
+        _write_atomically(home / "metrics_address", metrics.serve_metrics(config.node.metrics))
     journal = Journal(home / config.node.journal) if config.node.journal else None
     server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
     closers: list[Callable[[], None]] = []
@@ -345,9 +361,7 @@ def serve(home: Path, stop: threading.Event | None = None) -> None:
     set_serving(health, service_name)
     host = config.node.listen.rpartition(":")[0]
     address = home / "address"
-    tmp = address.with_suffix(".tmp")
-    tmp.write_text(f"{host}:{port}\n")
-    tmp.replace(address)
+    _write_atomically(address, f"{host}:{port}")
     log.info("%s %s serving on %s:%d", role, key.node_id.hex()[:12], host, port)
     try:
         stop.wait()
@@ -359,3 +373,10 @@ def serve(home: Path, stop: threading.Event | None = None) -> None:
         if journal is not None:
             journal.close()
         address.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` and a newline to ``path``: readers see all of it or nothing."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{text}\n")
+    tmp.replace(path)

@@ -17,6 +17,7 @@ from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from verihive import metrics
 from verihive.journal import Journal, JournalError
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
 
@@ -69,6 +70,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             signed = runner.on_execute(inference)
             if self.journal is not None:  # on disk before it leaves the process [NODE.1]
                 signed = self.journal.keep_commitment(signed)
+        metrics.EXECUTIONS.inc()
         return pb.ExecuteResponse(commitment=convert.commitment_to_pb(signed))
 
     def recall(self, request_digest: Digest) -> SignedCommitment | None:
@@ -97,7 +99,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                 raise
             self.core.process_recalled(known)  # signed before a restart: recompute its tree
             response = self.core.on_open(digest, tiles)
-        return convert.opening_response_to_pb(response)
+        message = convert.opening_response_to_pb(response)
+        metrics.OPENED_BYTES.inc(message.ByteSize())
+        return message
 
 
 class VerifierService(pb_grpc.VerifierServicer):
@@ -157,6 +161,8 @@ class VerifierService(pb_grpc.VerifierServicer):
         vote = self.core.run(req, signed, fetch)
         if self.journal is not None:  # on disk before it leaves the process [NODE.1]
             vote = self.journal.keep_vote(vote)
+        check = vote.evidence.check.value if vote.evidence is not None else "none"
+        metrics.VOTES.labels(verdict=vote.verdict.name.lower(), check=check).inc()
         return convert.vote_to_pb(vote)
 
     def Confirm(self, request: pb.ConfirmRequest, context: grpc.ServicerContext) -> pb.Confirmation:

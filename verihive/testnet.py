@@ -85,6 +85,7 @@ def init_testnet(
             genesis=f"../{GENESIS_FILE}",
             executors=peers["executor"] if is_assembler else (),
             verifiers=peers["verifier"] if is_assembler else (),
+            metrics=f"{host}:{get_free_port(host)}",
         )
     return [Node(n.name, n.home, n.role, addresses[n.name]) for n in nodes]
 

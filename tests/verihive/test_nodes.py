@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
@@ -141,39 +147,87 @@ def _reflected_services(address: str) -> set[str]:
         channel.close()
 
 
-def test_testnet_serves_and_carries_on_when_an_executor_is_killed(tmp_path, capsys):
-    out = tmp_path / "net"
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, testnet.Node]]:
+    """A 7-process testnet of the tiny model, up for this module's tests."""
+    out = tmp_path_factory.mktemp("testnet") / "net"
     assert nodecli.testnet_main(["init", "--out", str(out), "--model", "tiny"]) == 0
-    capsys.readouterr()
     nodes = {n.name: n for n in testnet.get_nodes(out)}
     assert len(nodes) == 7
     try:
         assert nodecli.testnet_main(["up", str(out)]) == 0
-        capsys.readouterr()
-        assembler = nodes["assembler"].address
-        for n in nodes.values():  # gRPC health checking and reflection on every node
-            assert is_healthy(n.address), n.name
-            want = f"verihive.v1.{n.role.capitalize()}"
-            assert want in _reflected_services(n.address), n.name
-        first = _infer(assembler, capsys)
-        assert first["accepted"] is True
-        assert verify_main(["status", nodes["verifier-0"].address, "--json"]) == 0
-        status = json.loads(capsys.readouterr().out)
-        assert status["role"] == "verifier" and status["network_id"] == "verihive-testnet"
-        # Kill executor-0 outright: the assembler moves on to executor-1. [ASM.1]
-        pid = int((nodes["executor-0"].home / "pid").read_text())
-        os.kill(pid, signal.SIGKILL)
-        while testnet.is_serving(nodes["executor-0"].address):
-            time.sleep(0.1)
-        second = _infer(assembler, capsys)
-        assert second["accepted"] is True
-        attempts = second["attempts"]
-        assert isinstance(attempts, list)
-        failed, served = attempts
-        assert failed["outcome"] == "failed" and "execute failed" in failed["reason"]
-        assert served["outcome"] == "certified"
+        yield nodes
     finally:
         assert nodecli.testnet_main(["down", str(out)]) == 0
-    for n in nodes.values():
-        assert not testnet.is_serving(n.address)
-        assert not (n.home / "pid").exists()
+        for n in nodes.values():
+            assert not testnet.is_serving(n.address)
+            assert not (n.home / "pid").exists()
+
+
+def _metrics(node: testnet.Node) -> str:
+    address = (node.home / "metrics_address").read_text().strip()
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """Return the value of sample ``name`` with ``labels`` in exposition ``text`` (0 if none)."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def test_testnet_nodes_answer_health_reflection_and_requests(running, capsys):
+    capsys.readouterr()
+    for n in running.values():  # gRPC health checking and reflection on every node
+        assert is_healthy(n.address), n.name
+        assert f"verihive.v1.{n.role.capitalize()}" in _reflected_services(n.address), n.name
+    assert _infer(running["assembler"].address, capsys)["accepted"] is True
+    assert verify_main(["status", running["verifier-0"].address, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["role"] == "verifier" and status["network_id"] == "verihive-testnet"
+    # [NODE.4]: what each role did, on its /metrics
+    assembler = _metrics(running["assembler"])
+    assert _sample(assembler, "verihive_requests_total", outcome="certified") >= 1
+    assert _sample(assembler, "verihive_certification_seconds_count") >= 1
+    votes = sum(
+        _sample(_metrics(running[f"verifier-{i}"]), "verihive_votes_total", verdict="accept")
+        for i in range(4)
+    )
+    assert votes >= 4  # the committee of 3f+1 = 4 of the 4 verifiers
+    assert _sample(_metrics(running["executor-0"]), "verihive_executions_total") >= 1
+    assert _sample(_metrics(running["executor-0"]), "verihive_opened_bytes_total") > 0
+    assert _sample(assembler, "verihive_model_load_seconds") > 0
+
+
+def test_metrics_of_every_node_pass_promtool(running):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        script = Path(__file__).resolve().parents[2] / "tools" / "ci" / "debian.sh"
+        done = subprocess.run([str(script), "prometheus"], capture_output=True, timeout=900)
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip(f"promtool missing and not installable: {done.stderr.decode()[-200:]}")
+    for n in running.values():
+        check = subprocess.run(
+            [promtool, "check", "metrics"], input=_metrics(n).encode(), capture_output=True
+        )
+        assert check.returncode == 0, (n.name, check.stdout, check.stderr)
+
+
+def test_testnet_carries_on_when_an_executor_is_killed(running, capsys):
+    capsys.readouterr()
+    # Kill executor-0 outright: the assembler moves on to executor-1. [ASM.1]
+    pid = int((running["executor-0"].home / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    while testnet.is_serving(running["executor-0"].address):
+        time.sleep(0.1)
+    second = _infer(running["assembler"].address, capsys)
+    assert second["accepted"] is True
+    attempts = second["attempts"]
+    assert isinstance(attempts, list)
+    failed, served = attempts
+    assert failed["outcome"] == "failed" and "execute failed" in failed["reason"]
+    assert served["outcome"] == "certified"
