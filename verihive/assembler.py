@@ -184,7 +184,9 @@ class AssemblerNode:
         result = run.drive()
         attempts = [run.attempt_of(r) for r in result.attempts]
         for a in attempts:
-            log.info("attempt on %s: %s %s", a.executor.address, a.outcome.value, a.reason)
+            rid = a.tally.request.request_id if a.tally else None
+            extra = {"request_id": rid, "peer": a.executor.address}
+            log.info("attempt %s %s", a.outcome.value, a.reason, extra=extra)
         if result.output_tokens is None:
             return "", attempts
         out = list(result.output_tokens)

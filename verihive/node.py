@@ -44,6 +44,7 @@ from proto import verihive_pb2_grpc as pb_grpc
 from verihive import metrics
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.journal import Journal
+from verihive.logs import configure_logging
 from verihive.rpc import (
     MAX_OPEN_MESSAGE_BYTES,
     add_health_and_reflection,
@@ -298,7 +299,7 @@ def load_genesis(path: Path) -> tuple[AssemblerPolicy, str, SignedValidatorSet]:
 # --- serving
 
 
-def serve(home: Path, stop: threading.Event | None = None) -> None:
+def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False) -> None:
     """Serve the node of ``home`` until SIGTERM/SIGINT (or ``stop``); drain, then return.
 
     The address taken is written to ``home/address`` once the node answers. [NODE.2]
@@ -306,6 +307,7 @@ def serve(home: Path, stop: threading.Event | None = None) -> None:
     config = load_config(home)
     key = load_node_key(home / config.node.key_file)
     policy, model, validators = load_genesis(home / config.network.genesis)
+    configure_logging(f"{config.node.role}/{key.node_id.hex()[:12]}", verbose)  # [NODE.5]
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -61,11 +60,7 @@ def run_node_command(args: argparse.Namespace, role: str) -> int:
         if args.command == "init":
             return _init(args.home, role, args.listen, args.genesis)
         if args.command == "serve":
-            logging.basicConfig(
-                level=logging.INFO if args.verbose else logging.WARNING,
-                format="%(asctime)s %(name)s %(levelname)s %(message)s",
-            )
-            serve(args.home)
+            serve(args.home, verbose=args.verbose)
             return 0
         return _status(args.address, role, args.json)
     except NodeError as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +23,7 @@ from bft.crypto import SigningKey
 from bft.validators import make_genesis
 from verihive import nodecli, testnet
 from verihive.cli import infer_main, verify_main
+from verihive.logs import configure_logging
 from verihive.node import (
     NodeError,
     create_node_key,
@@ -98,6 +101,28 @@ def test_invalid_config_names_the_file_and_key(tmp_path, edit, needle):
     with pytest.raises(NodeError, match=needle) as info:
         load_config(tmp_path)
     assert str(path) in str(info.value)
+
+
+# --- logs
+
+
+def test_log_lines_are_json_with_node_event_and_request(monkeypatch):
+    stream = io.StringIO()
+    monkeypatch.setattr(logging.getLogger(), "handlers", list(logging.getLogger().handlers))
+    level = logging.getLogger().level
+    try:
+        configure_logging("verifier/abc", stream=stream, as_json=True)
+        logging.getLogger("x").info("vote %s", "accept", extra={"request_id": b"\x01" * 16})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("x").exception("failed")
+    finally:
+        logging.getLogger().setLevel(level)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines() if line)
+    assert first["node"] == "verifier/abc" and first["event"] == "vote accept"
+    assert first["request_id"] == "01" * 16 and first["level"] == "info"
+    assert second["level"] == "error" and "ValueError: boom" in second["error"]
 
 
 # --- genesis
@@ -200,6 +225,12 @@ def test_testnet_nodes_answer_health_reflection_and_requests(running, capsys):
     assert _sample(_metrics(running["executor-0"]), "verihive_executions_total") >= 1
     assert _sample(_metrics(running["executor-0"]), "verihive_opened_bytes_total") > 0
     assert _sample(assembler, "verihive_model_load_seconds") > 0
+    # [NODE.5]: the assembler's log is JSON lines naming the node, the event and the request
+    lines = (running["assembler"].home / "node.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    certified = [e for e in events if e["event"].startswith("attempt certified")]
+    assert certified and all(e["node"].startswith("assembler/") for e in certified)
+    assert all(len(e["request_id"]) == 32 for e in certified)  # 16 bytes, hex
 
 
 def test_metrics_of_every_node_pass_promtool(running):
