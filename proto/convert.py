@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from bft.confirmation import Confirmation, Finding
 from bft.errors import Malformed
+from bft.join import JoinRequest
 from bft.limits import MAX_LAYERS, MAX_LEAVES, MAX_OPENINGS, MAX_TEXT, MAX_VALIDATORS
 from bft.messages import (
     Commitment,
@@ -494,3 +495,33 @@ def slash_from_pb(m: pb.SlashProof) -> tuple[SlashRecord, SignedValidatorSet]:
         votes=tuple(vote_from_pb(v) for v in m.votes),
     )
     return record, validator_set_from_pb(m.validator_set)
+
+
+def join_to_pb(j: JoinRequest) -> pb.JoinRequest:
+    """Return ``j`` as protobuf."""
+    return pb.JoinRequest(
+        network_id=j.network_id,
+        public_key=j.public_key,
+        address=j.address,
+        model_id=j.model_id,
+        profile=j.profile,
+        tokens_per_second=j.tokens_per_second,
+        nonce=j.nonce,
+        signature=j.signature,
+    )
+
+
+def join_from_pb(m: pb.JoinRequest) -> JoinRequest:
+    """Return the validated join request of ``m``; ``Malformed`` when it is not one. [JOIN.1]"""
+    j = JoinRequest(
+        network_id=m.network_id,
+        public_key=PublicKey(m.public_key),
+        address=m.address,
+        model_id=ModelId(m.model_id),
+        profile=m.profile,
+        tokens_per_second=m.tokens_per_second,
+        nonce=m.nonce,
+        signature=Signature(m.signature),
+    )
+    j.validate()
+    return j

@@ -360,6 +360,11 @@ class AssemblerStub:
                 request_serializer=proto_dot_verihive__pb2.InferRequest.SerializeToString,
                 response_deserializer=proto_dot_verihive__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/verihive.v1.Assembler/Join',
+                request_serializer=proto_dot_verihive__pb2.JoinRequest.SerializeToString,
+                response_deserializer=proto_dot_verihive__pb2.JoinResponse.FromString,
+                _registered_method=True)
 
 
 class AssemblerServicer:
@@ -377,6 +382,13 @@ class AssemblerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """an executor asks to be routed to [JOIN.1]
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssemblerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +401,11 @@ def add_AssemblerServicer_to_server(servicer, server):
                     servicer.Infer,
                     request_deserializer=proto_dot_verihive__pb2.InferRequest.FromString,
                     response_serializer=proto_dot_verihive__pb2.InferResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=proto_dot_verihive__pb2.JoinRequest.FromString,
+                    response_serializer=proto_dot_verihive__pb2.JoinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +462,33 @@ class Assembler:
             '/verihive.v1.Assembler/Infer',
             proto_dot_verihive__pb2.InferRequest.SerializeToString,
             proto_dot_verihive__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verihive.v1.Assembler/Join',
+            proto_dot_verihive__pb2.JoinRequest.SerializeToString,
+            proto_dot_verihive__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

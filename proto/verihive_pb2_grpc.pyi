@@ -115,12 +115,16 @@ class AssemblerStub:
     def __new__(cls, channel: _aio.Channel) -> AssemblerAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]
     Infer: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.InferRequest, _verihive_pb2.InferResponse]
+    Join: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.JoinRequest, _verihive_pb2.JoinResponse]
+    """an executor asks to be routed to [JOIN.1]"""
 
 @_typing.type_check_only
 class AssemblerAsyncStub(AssemblerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]  # type: ignore[assignment]
     Infer: _aio.UnaryUnaryMultiCallable[_verihive_pb2.InferRequest, _verihive_pb2.InferResponse]  # type: ignore[assignment]
+    Join: _aio.UnaryUnaryMultiCallable[_verihive_pb2.JoinRequest, _verihive_pb2.JoinResponse]  # type: ignore[assignment]
+    """an executor asks to be routed to [JOIN.1]"""
 
 class AssemblerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -136,5 +140,13 @@ class AssemblerServicer(metaclass=_abc_1.ABCMeta):
         request: _verihive_pb2.InferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.InferResponse, _abc.Awaitable[_verihive_pb2.InferResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _verihive_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verihive_pb2.JoinResponse, _abc.Awaitable[_verihive_pb2.JoinResponse]]:
+        """an executor asks to be routed to [JOIN.1]"""
 
 def add_AssemblerServicer_to_server(servicer: AssemblerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

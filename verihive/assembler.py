@@ -6,6 +6,7 @@ import heapq
 import logging
 import os
 import queue
+import threading
 import time
 from collections.abc import Sequence
 from concurrent import futures
@@ -38,7 +39,8 @@ from bft.attempt import (
 )
 from bft.attempt import AttemptResult as MachineAttempt
 from bft.crypto import SigningKey, compute_node_id
-from bft.errors import Ignore, Malformed, ProtocolError
+from bft.errors import Ignore, Malformed, ProtocolError, Reject, Unavailable
+from bft.join import DEFAULT_STAMP_BITS, JoinRequest, check_join
 from bft.limits import MAX_TOKENS
 from bft.messages import SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
@@ -123,6 +125,9 @@ class AssemblerNode:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.executors = list(executors)
+        """Executors this node routes to, in the order they are tried; joins append. [JOIN.2]"""
+        self.join_stamp_bits = DEFAULT_STAMP_BITS
+        self._peers_lock = threading.Lock()
         # One key may answer at several addresses (replicas, or Twins): every one is asked, so
         # a key that signs two different verdicts is caught. [QUORUM.5]
         self.verifiers: dict[PublicKey, list[Peer]] = {}
@@ -167,16 +172,18 @@ class AssemblerNode:
         """
         sampling.validate()
         tokens = self.encode_prompt(prompt)
-        keys = {p.public_key for p in self.executors} | set(self.verifiers)
+        with self._peers_lock:
+            executors = list(self.executors)
+        keys = {p.public_key for p in executors} | set(self.verifiers)
         machine = InferenceMachine(
             self.policy,
             self.model_id,
             self.validator_set.vset,
             tokens,
             sampling,
-            [Contact(p.public_key, p.address) for p in self.executors],
+            [Contact(p.public_key, p.address) for p in executors],
             [Contact(p.public_key, p.address) for ps in self.verifiers.values() for p in ps],
-            [os.urandom(16) for _ in self.executors],  # one request_id per batch [ASM.5]
+            [os.urandom(16) for _ in executors],  # one request_id per batch [ASM.5]
             frozenset(k for k in keys if self.tombstones.is_tombstoned(k)),
             self.deadlines,
         )
@@ -191,6 +198,33 @@ class AssemblerNode:
             return "", attempts
         out = list(result.output_tokens)
         return str(self.tokenizer.decode(out, skip_special_tokens=True)), attempts
+
+    def process_join(self, join: JoinRequest) -> str:
+        """Route to the executor of ``join`` once it passes [JOIN.1] and answers at its address
+        as that key, model and network ([JOIN.2]); return what was done.
+
+        Raises :class:`ProtocolError` with the reason for a refused join. A key that joins again
+        (a restart at a new address) replaces its address; a tombstoned key is refused.
+        """
+        check_join(join, self.policy.network_id, self.model_id, self.join_stamp_bits)
+        if self.tombstones.is_tombstoned(join.public_key):
+            raise Reject("this key is tombstoned [SLASH.3]")
+        if join.public_key in self.verifiers:
+            raise Reject("a validator key cannot join as an executor")
+        try:  # the reachability probe: the node at the address must be the one that signed
+            peer = fetch_peer(join.address, "executor", self.model_id, self.policy.network_id)
+        except grpc.RpcError as exc:
+            raise Unavailable(f"{join.address} cannot be reached: {exc.code().name}") from exc
+        if peer.public_key != join.public_key:
+            raise Reject(f"{join.address} answers with another key")
+        with self._peers_lock:
+            known = [p for p in self.executors if p.public_key == join.public_key]
+            self.executors = [p for p in self.executors if p.public_key != join.public_key]
+            self.executors.append(peer)
+            if peer.address not in self._channels:
+                self._channels[peer.address] = make_channel(peer.address)
+        log.info("executor joined", extra={"peer": peer.address})
+        return "re-joined" if known else "joined"
 
     def receipt_of(self, attempt: AttemptResult) -> pb.Receipt | None:
         """Return the receipt of a certified attempt, else ``None``."""
@@ -348,6 +382,15 @@ class AssemblerService(pb_grpc.AssemblerServicer):
             model_id=self.node.model_id,
             network_id=self.node.policy.network_id,
         )
+
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
+        """Route to a new executor, or say why not. [JOIN.1], [JOIN.2]"""
+        join = convert.join_from_pb(request)  # Malformed: INVALID_ARGUMENT
+        try:
+            done = self.node.process_join(join)
+        except ProtocolError as exc:
+            return pb.JoinResponse(accepted=False, reason=f"{type(exc).__name__}: {exc}")
+        return pb.JoinResponse(accepted=True, reason=done)
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         """Answer ``request.prompt`` with a certified completion, or report every failed attempt."""

@@ -33,6 +33,7 @@ from pydantic_settings import (
 from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
 from bft.errors import ProtocolError
+from bft.join import DEFAULT_STAMP_BITS, MAX_STAMP_BITS
 from bft.thresholds import load_thresholds
 from bft.validators import SignedValidatorSet, check_validator_set
 from bft.verifier import VerifierCore
@@ -270,6 +271,7 @@ def write_genesis(
     data = {
         "network_id": policy.network_id,
         "model": model,
+        "join_stamp_bits": DEFAULT_STAMP_BITS,
         "policy": asdict(policy),
         "validator_set": json_format.MessageToDict(convert.validator_set_to_pb(validators)),
     }
@@ -294,6 +296,17 @@ def load_genesis(path: Path) -> tuple[AssemblerPolicy, str, SignedValidatorSet]:
     if validators.vset.network_id != policy.network_id:
         raise NodeError(f"{path}: the validator set is for another network")
     return policy, model, validators
+
+
+def load_join_stamp_bits(path: Path) -> int:
+    """Return the join stamp difficulty ``path`` names ([JOIN.1]; the default if absent)."""
+    try:
+        bits = json.loads(path.read_text()).get("join_stamp_bits", DEFAULT_STAMP_BITS)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise NodeError(f"{path}: not a valid genesis: {exc}") from exc
+    if not isinstance(bits, int) or not 0 <= bits <= MAX_STAMP_BITS:
+        raise NodeError(f"{path}: join_stamp_bits must be an integer 0..{MAX_STAMP_BITS}")
+    return bits
 
 
 # --- serving
@@ -352,6 +365,7 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
         node = AssemblerNode(
             key, policy, loaded.model_id, loaded.tokenizer, executors, verifiers, validators
         )
+        node.join_stamp_bits = load_join_stamp_bits(home / config.network.genesis)
         closers.append(node.close)
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
     service_name = pb.DESCRIPTOR.services_by_name[role.capitalize()].full_name

@@ -4,6 +4,7 @@
     bft-executor init --home DIR [--listen HOST:PORT] [--genesis FILE]
     bft-executor serve --home DIR
     bft-executor status HOST:PORT [--json]
+    bft-executor join --home DIR --assembler HOST:PORT
     bft-testnet init --out DIR [--verifiers 4] [--executors 2] [--model tiny|smollm2]
     bft-testnet up DIR | down DIR
 """
@@ -19,6 +20,9 @@ from pathlib import Path
 import grpc
 
 from bft.assembler import AssemblerPolicy
+from bft.join import JoinRequest, compute_stamp, sign_join
+from bft.types import ModelId
+from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import testnet
@@ -28,6 +32,10 @@ from verihive.node import (
     KEY_FILE,
     NodeError,
     create_node_key,
+    load_config,
+    load_genesis,
+    load_join_stamp_bits,
+    load_node_key,
     serve,
     write_config,
 )
@@ -115,7 +123,60 @@ def _role_main(role: str, argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog=f"bft-{role}", description=f"Run a verihive {role} node.")
     sub = p.add_subparsers(dest="command", required=True)
     add_node_commands(sub, role)
-    return run_node_command(p.parse_args(argv), role)
+    if role == "executor":
+        j = sub.add_parser("join", help="ask a running network's assembler to route to this node")
+        j.add_argument("--home", type=Path, required=True)
+        j.add_argument("--assembler", required=True, metavar="HOST:PORT")
+        j.add_argument("--address", help="where this node serves (default: HOME/address)")
+    args = p.parse_args(argv)
+    if args.command == "join":
+        try:
+            return _join(args.home, args.assembler, args.address)
+        except NodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return run_node_command(args, role)
+
+
+def _join(home: Path, assembler: str, address: str | None) -> int:
+    """Mint the stamp, sign the join, ask the assembler; exit 0 joined, 1 refused. [JOIN.1]"""
+    config = load_config(home)
+    key = load_node_key(home / config.node.key_file)
+    genesis = home / config.network.genesis
+    policy, _, _ = load_genesis(genesis)
+    bits = load_join_stamp_bits(genesis)
+    if address is None:
+        try:
+            address = (home / "address").read_text().strip()
+        except FileNotFoundError as exc:
+            raise NodeError(f"{home}: not serving (no address file); serve it first") from exc
+    channel = make_channel(address)
+    try:
+        info = pb_grpc.ExecutorStub(channel).GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise NodeError(f"{address}: this node does not answer: {exc.code().name}") from exc
+    finally:
+        channel.close()
+    nonce = compute_stamp(policy.network_id, key.public_key, bits)
+    unsigned = JoinRequest(
+        network_id=policy.network_id,
+        public_key=key.public_key,
+        address=address,
+        model_id=ModelId(info.model_id),
+        profile=f"{info.backend}-{config.executor.dtype}",
+        tokens_per_second=0.0,
+        nonce=nonce,
+    )
+    join = sign_join(key, unsigned)
+    channel = make_channel(assembler)
+    try:
+        reply = pb_grpc.AssemblerStub(channel).Join(convert.join_to_pb(join), timeout=60)
+    except grpc.RpcError as exc:
+        raise NodeError(f"{assembler}: {exc.code().name} {exc.details()}") from exc
+    finally:
+        channel.close()
+    print(f"{'joined' if reply.accepted else 'refused'}: {reply.reason}")
+    return 0 if reply.accepted else 1
 
 
 def executor_main(argv: list[str] | None = None) -> int:

@@ -9,18 +9,32 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
+from bft.join import (
+    DEFAULT_STAMP_BITS,
+    JoinRequest,
+    compute_stamp,
+    compute_stamp_digest,
+    get_stamp_bits,
+    sign_join,
+)
+from bft.types import ModelId
 from bft.validators import make_genesis
+from proto import convert
+from proto import verihive_pb2 as pb
+from proto import verihive_pb2_grpc as pb_grpc
 from verihive import nodecli, testnet
 from verihive.cli import infer_main, verify_main
 from verihive.logs import configure_logging
@@ -262,3 +276,86 @@ def test_testnet_carries_on_when_an_executor_is_killed(running, capsys):
     failed, served = attempts
     assert failed["outcome"] == "failed" and "execute failed" in failed["reason"]
     assert served["outcome"] == "certified"
+
+
+def _join_message(key: SigningKey, address: str, model_id: bytes, nonce: int) -> pb.JoinRequest:
+    unsigned = JoinRequest(
+        "verihive-testnet",
+        key.public_key,
+        address,
+        ModelId(model_id),
+        "torch-cpu-float32",
+        0.0,
+        nonce,
+    )
+    return convert.join_to_pb(sign_join(key, unsigned))
+
+
+def test_invalid_joins_are_refused_with_a_reason(running):
+    assembler = running["assembler"].address
+    channel = make_channel(assembler)
+    stub = pb_grpc.AssemblerStub(channel)
+    model_id = stub.GetInfo(pb.NodeInfoRequest(), timeout=10).model_id
+    stranger = SigningKey.generate()
+    good_nonce = compute_stamp("verihive-testnet", stranger.public_key, DEFAULT_STAMP_BITS)
+    try:
+        # Nobody serves at this address: the reachability probe fails.
+        dead = f"127.0.0.1:{testnet.get_free_port('127.0.0.1')}"
+        reply = stub.Join(_join_message(stranger, dead, model_id, good_nonce), timeout=60)
+        assert not reply.accepted and "cannot be reached" in reply.reason
+        # A live executor's address, claimed by another key: the probe sees the real key.
+        taken = running["executor-1"].address
+        reply = stub.Join(_join_message(stranger, taken, model_id, good_nonce), timeout=60)
+        assert not reply.accepted and "another key" in reply.reason
+        # No work: a nonce whose stamp is too weak.
+        weak = next(
+            n
+            for n in range(1000)
+            if get_stamp_bits(compute_stamp_digest("verihive-testnet", stranger.public_key, n))
+            < DEFAULT_STAMP_BITS
+        )
+        reply = stub.Join(_join_message(stranger, taken, model_id, weak), timeout=60)
+        assert not reply.accepted and "stamp" in reply.reason
+        with pytest.raises(grpc.RpcError) as info:  # malformed: no signature at all
+            stub.Join(pb.JoinRequest(network_id="verihive-testnet"), timeout=10)
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        channel.close()
+
+
+def test_third_executor_joins_a_running_network_and_serves(running, tmp_path, capsys):
+    # Runs after the executor-0 kill: with executor-1 killed too, only the joined one is left.
+    home = tmp_path / "executor-2"
+    genesis = running["assembler"].home.parent / "genesis.json"
+    listen = f"127.0.0.1:{testnet.get_free_port('127.0.0.1')}"
+    args = ["init", "--home", str(home), "--listen", listen, "--genesis", str(genesis)]
+    assert nodecli.executor_main(args) == 0
+    log = (home / "node.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "verihive.nodecli", "serve", "--home", str(home)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        node = testnet.Node("executor-2", home, "executor", listen)
+        testnet.wait_until_serving(node, proc, 120)
+        capsys.readouterr()
+        assembler = running["assembler"].address
+        join = ["join", "--home", str(home), "--assembler", assembler]
+        assert nodecli.executor_main(join) == 0
+        assert capsys.readouterr().out.startswith("joined")
+        assert nodecli.executor_main(join) == 0  # again, e.g. after a restart
+        assert "re-joined" in capsys.readouterr().out
+        pid = int((running["executor-1"].home / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        while testnet.is_serving(running["executor-1"].address):
+            time.sleep(0.1)
+        result = _infer(assembler, capsys)
+        assert result["accepted"] is True
+        attempts = result["attempts"]
+        assert isinstance(attempts, list) and attempts[-1]["outcome"] == "certified"
+        executor_id = SigningKey.from_seed((home / "node_key").read_bytes()).node_id.hex()
+        assert attempts[-1]["executor"] == executor_id
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
