@@ -18,7 +18,7 @@ consumes the call, even when its content is refused (a bad vote is answered with
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -619,17 +619,14 @@ class InferenceMachine:
         """Settled attempts of the running batch, in the order they settled."""
         self.attempts: list[AttemptResult] = []
         """Attempts of the finished batches, as served."""
-        self.started: list[Attempt] = []
+        self.started = 0
+        """Attempts started so far (their ids are 0, 1, ...)."""
         self.result: InferenceResult | None = None
 
     @property
     def done(self) -> bool:
         """Return whether the machine has finished."""
         return self.result is not None
-
-    def get_attempts(self) -> Iterator[Attempt]:
-        """Return every attempt started so far, in order."""
-        return iter(self.started)
 
     def start(self) -> list[Action]:
         """Start the first batch."""
@@ -703,7 +700,7 @@ class InferenceMachine:
             actions: list[Action] = []
             for executor in batch:
                 attempt = Attempt(
-                    len(self.started),
+                    self.started,
                     request,
                     executor,
                     self.vset,
@@ -712,7 +709,7 @@ class InferenceMachine:
                     self.deadlines,
                     self.ids,
                 )
-                self.started.append(attempt)
+                self.started += 1
                 self.running.append(attempt)
                 actions += attempt.start()
             return actions

@@ -162,7 +162,7 @@ class AssemblerSection(BaseModel):
 def _host_port(value: str, any_port: bool = False) -> str:
     """Return ``value`` if it is host:port; port 0 only where ``any_port``. [NODE.2]"""
     try:
-        check_address(value.replace(":0", ":1") if any_port and value.endswith(":0") else value)
+        check_address(value, any_port)
     except ProtocolError as exc:
         raise ValueError(str(exc)) from exc
     return value

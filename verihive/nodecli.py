@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from bft.assembler import AssemblerPolicy
+from bft.errors import ProtocolError
 from bft.join import JoinRequest, compute_stamp, sign_join
 from bft.types import ModelId
 from proto import convert
@@ -94,7 +95,7 @@ def _init(home: Path, role: str, listen: str, genesis: Path | None) -> int:
 def _status(address: str, role: str, as_json: bool) -> int:
     try:
         check_address(address)
-    except Exception as exc:
+    except ProtocolError as exc:
         raise NodeError(str(exc)) from exc
     channel = make_channel(address)
     try:

@@ -132,10 +132,20 @@ def make_channel(address: str, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> gr
     )
 
 
-def check_address(address: str) -> str:
-    """Return ``address`` if it looks like ``host:port``; raise :class:`Malformed` otherwise."""
+def check_address(address: str, any_port: bool = False) -> str:
+    """Return ``address`` if it looks like ``host:port``; raise :class:`Malformed` otherwise.
+
+    ``any_port``: port 0 (a listening address: the system picks a free port) is allowed too.
+    """
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or len(address) > 256 or not 0 < int(port) < 65536:
+    lowest = 0 if any_port else 1
+    if (
+        not sep
+        or not host
+        or not port.isdigit()
+        or len(address) > 256
+        or not lowest <= int(port) < 65536
+    ):
         raise Malformed(f"not a host:port address: {address[:64]!r}")
     return address
 

@@ -102,9 +102,9 @@ def get_nodes(out: Path) -> list[Node]:
 def up(out: Path, timeout_s: float = 300.0) -> list[Node]:
     """Start every node of ``out`` as its own process; return them once each is SERVING."""
     nodes = get_nodes(out)
-    started = []
     assemblers = [n for n in nodes if n.role == "assembler"]
     for group in ([n for n in nodes if n.role != "assembler"], assemblers):
+        started = []
         for n in group:
             log = (n.home / "node.log").open("ab")
             proc = subprocess.Popen(

@@ -1,8 +1,10 @@
 """A node process for the restart tests: the test network's executor or one of its verifiers,
 with a journal, serving on loopback until killed. [NODE.1]
 
-    python -m tests.verihive.journal_child executor JOURNAL PORT_FILE [--no-execute]
-    python -m tests.verihive.journal_child verifier JOURNAL PORT_FILE [--validator N] [--no-verify]
+    python -m tests.verihive.journal_child executor JOURNAL [--no-execute]
+    python -m tests.verihive.journal_child verifier JOURNAL [--validator N] [--no-verify]
+
+It prints the port it serves on as one line on standard output once it serves.
 
 ``--no-execute`` / ``--no-verify``: the restarted node must answer from its journal; computing
 anew raises (so a test sees that it did not).
@@ -11,6 +13,7 @@ anew raises (so a test sees that it did not).
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
@@ -26,7 +29,6 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("role", choices=("executor", "verifier"))
     p.add_argument("journal", type=Path)
-    p.add_argument("port_file", type=Path)
     p.add_argument("--no-execute", action="store_true")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--validator", type=int, default=0, help="which validator's key to serve")
@@ -55,9 +57,8 @@ def main() -> None:
         pb_grpc.add_VerifierServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    tmp = args.port_file.with_suffix(".tmp")
-    tmp.write_text(str(port))
-    tmp.rename(args.port_file)  # whole, or not at all
+    print(port, flush=True)  # the parent reads it: serving from now on
+    sys.stdout.close()
     threading.Event().wait()
 
 

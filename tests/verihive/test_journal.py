@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,18 +184,15 @@ def test_verifier_answers_a_repeat_after_a_restart_without_fetching(tmp_path):
 
 
 @contextmanager
-def child(role: str, journal: Path, tmp_path: Path, *flags: str) -> Iterator[str]:
+def child(role: str, journal: Path, *flags: str) -> Iterator[str]:
     """Run :mod:`tests.verihive.journal_child` and yield its address; SIGKILL it after."""
-    port_file = tmp_path / f"{role}-{time.monotonic_ns()}.port"
-    cmd = [sys.executable, "-m", "tests.verihive.journal_child", role, str(journal)]
-    proc = subprocess.Popen([*cmd, str(port_file), *flags], cwd=ROOT)
+    cmd = [sys.executable, "-m", "tests.verihive.journal_child", role, str(journal), *flags]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert proc.poll() is None, "the node process died"
-            assert time.monotonic() < deadline, "the node process did not start"
-            time.sleep(0.05)
-        yield f"127.0.0.1:{port_file.read_text()}"
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()  # blocks until it serves; empty if it died
+        assert port.isdigit(), f"the node process exited with {proc.wait()} before serving"
+        yield f"127.0.0.1:{port.decode()}"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -207,12 +203,12 @@ def test_executor_killed_after_answering_keeps_its_commitment(tmp_path):
     request = net.request(request_id=b"\x68" * 16)
     message = pb.ExecuteRequest(request=convert.request_to_pb(request))
     path = tmp_path / "executor.db"
-    with child("executor", path, tmp_path) as address:
+    with child("executor", path) as address:
         channel = make_channel(address)
         before = pb_grpc.ExecutorStub(channel).Execute(message, timeout=120)
         channel.close()
     # SIGKILLed; the restarted process may not execute: it answers from the journal.
-    with child("executor", path, tmp_path, "--no-execute") as address:
+    with child("executor", path, "--no-execute") as address:
         channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
         stub = pb_grpc.ExecutorStub(channel)
         after = stub.Execute(message, timeout=120)
@@ -243,11 +239,11 @@ def test_verifier_killed_after_voting_keeps_its_vote(tmp_path):
     path = tmp_path / "verifier.db"
     with serving(ExecutorService(net.executor)) as executor:
         ask.executor_address = executor
-        with child("verifier", path, tmp_path, "--validator", index) as address:
+        with child("verifier", path, "--validator", index) as address:
             channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
             before = pb_grpc.VerifierStub(channel).Verify(ask, timeout=120)
             channel.close()
-    with child("verifier", path, tmp_path, "--validator", index, "--no-verify") as address:
+    with child("verifier", path, "--validator", index, "--no-verify") as address:
         channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
         after = pb_grpc.VerifierStub(channel).Verify(ask, timeout=120)
         channel.close()
