@@ -187,7 +187,7 @@ class AssemblerNode:
             frozenset(k for k in keys if self.tombstones.is_tombstoned(k)),
             self.deadlines,
         )
-        run = _GrpcRun(self, machine)
+        run = _GrpcRun(self, machine, executors)
         result = run.drive()
         attempts = [run.attempt_of(r) for r in result.attempts]
         for a in attempts:
@@ -237,7 +237,9 @@ class _GrpcRun:
     """One :class:`InferenceMachine` driven over gRPC: calls on a thread pool, their answers
     and the timers fed back to the machine from one loop (the calling thread)."""
 
-    def __init__(self, node: AssemblerNode, machine: InferenceMachine) -> None:
+    def __init__(
+        self, node: AssemblerNode, machine: InferenceMachine, executors: Sequence[Peer]
+    ) -> None:
         self.node = node
         self.machine = machine
         self.events: queue.Queue[Event] = queue.Queue()
@@ -245,7 +247,7 @@ class _GrpcRun:
         self.calls: dict[int, futures.Future[None]] = {}
         self.started: dict[tuple[str, bytes], float] = {}
         self.records: dict[int, tuple[float, tuple[SlashRecord, ...], tuple[Penalty, ...]]] = {}
-        self.peers = {p.address: p for p in node.executors}
+        self.peers = {p.address: p for p in executors}  # the machine's, not later joins
 
     def drive(self) -> InferenceResult:
         """Run the machine to its end; return its result."""
