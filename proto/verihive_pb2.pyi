@@ -991,6 +991,8 @@ class Attempt(_message.Message):
     CONFIRMATIONS_FIELD_NUMBER: _builtins.int
     SLASHES_FIELD_NUMBER: _builtins.int
     PENALTIES_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.bytes
     accepted: _builtins.bool
     reason: _builtins.str
@@ -1011,6 +1013,14 @@ class Attempt(_message.Message):
     def penalties(self) -> _containers.RepeatedCompositeFieldContainer[Global___Slash]:
         """accusers penalised for refuted REJECTs"""
 
+    @_builtins.property
+    def request(self) -> Global___InferenceRequest:
+        """what the executor was asked"""
+
+    @_builtins.property
+    def commitment(self) -> Global___SignedCommitment:
+        """what it answered, when it answered"""
+
     def __init__(
         self,
         *,
@@ -1023,10 +1033,12 @@ class Attempt(_message.Message):
         confirmations: _abc.Iterable[Global___Confirmation] | None = ...,
         slashes: _abc.Iterable[Global___Slash] | None = ...,
         penalties: _abc.Iterable[Global___Slash] | None = ...,
+        request: Global___InferenceRequest | None = ...,
+        commitment: Global___SignedCommitment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "confirmations", b"confirmations", "executor_id", b"executor_id", "outcome", b"outcome", "penalties", b"penalties", "reason", b"reason", "seconds", b"seconds", "slashes", b"slashes", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "commitment", b"commitment", "confirmations", b"confirmations", "executor_id", b"executor_id", "outcome", b"outcome", "penalties", b"penalties", "reason", b"reason", "request", b"request", "seconds", b"seconds", "slashes", b"slashes", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

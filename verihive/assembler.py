@@ -42,7 +42,7 @@ from bft.crypto import SigningKey, compute_node_id
 from bft.errors import Ignore, Malformed, ProtocolError, Reject, Unavailable
 from bft.join import DEFAULT_STAMP_BITS, JoinRequest, check_join
 from bft.limits import MAX_TOKENS
-from bft.messages import SamplingParams, Vote
+from bft.messages import InferenceRequest, SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
 from bft.validators import SignedValidatorSet, check_validator_set
 from proto import convert
@@ -50,7 +50,7 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from slashing.records import Penalty, SlashRecord
 from trust.tombstones import Tombstones, process_tally
-from verihive import metrics
+from verihive import failpoints, metrics
 from verihive.rpc import (
     INFO_TIMEOUT_S,
     MAX_OPEN_MESSAGE_BYTES,
@@ -83,6 +83,7 @@ class AttemptResult:
     seconds: float
     slashes: tuple[SlashRecord, ...] = ()
     penalties: tuple[Penalty, ...] = ()
+    request: InferenceRequest | None = None
 
     @property
     def votes(self) -> tuple[Vote, ...]:
@@ -350,6 +351,7 @@ class _GrpcRun:
             seconds,
             slashes,
             penalties,
+            result.request,
         )
 
 
@@ -404,6 +406,8 @@ class AssemblerService(pb_grpc.AssemblerServicer):
         )
         text, attempts = self.node.infer(request.prompt, sampling)
         accepted = any(a.outcome is Outcome.CERTIFIED for a in attempts)
+        if accepted:
+            failpoints.reach("assembler.certified")
         record_metrics(attempts, accepted, time.monotonic() - start)
         response = pb.InferResponse(text=text, accepted=accepted)
         for a in attempts:
@@ -433,6 +437,10 @@ class AssemblerService(pb_grpc.AssemblerServicer):
                     ],
                 )
             )
+            if a.request is not None:
+                response.attempts[-1].request.CopyFrom(convert.request_to_pb(a.request))
+            if a.tally is not None:
+                response.attempts[-1].commitment.CopyFrom(convert.commitment_to_pb(a.tally.signed))
             receipt = self.node.receipt_of(a)
             if receipt is not None:
                 response.receipt.CopyFrom(receipt)

@@ -255,14 +255,19 @@ def infer_main(argv: list[str] | None = None) -> int:
             check_address(args.assembler)
         except ProtocolError as exc:
             p.error(str(exc))
-        reply, model_id = _infer_remote(args.assembler, args.prompt, sampling)
+        try:
+            reply, model_id = _infer_remote(args.assembler, args.prompt, sampling)
+        except grpc.RpcError as exc:  # one line, no traceback: the network's answer
+            print(f"error: {args.assembler}: {exc.code().name} {exc.details()}", file=sys.stderr)
+            return 2
         result = build_result(reply, "(the network's)", model_id, time.monotonic() - start)
         return _report(args, reply, result)
 
-    from executor.model import load_smollm2, load_tiny
+    from executor.model import load_smollm2, load_tiny, set_progress
     from simnet.localnet import local_faults
     from verihive.localnet import DEFAULT_NETWORK_ID, LocalNetConfig, start_local_network
 
+    set_progress(not args.json)  # [MODEL.4]
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
     policy = AssemblerPolicy(
         DEFAULT_NETWORK_ID,
@@ -303,7 +308,8 @@ def infer_main(argv: list[str] | None = None) -> int:
 def _infer_remote(
     address: str, prompt: str, sampling: SamplingParams
 ) -> tuple[pb.InferResponse, bytes]:
-    """Return the assembler's answer to ``prompt`` and the model id it serves."""
+    """Return the assembler's answer to ``prompt`` and the model id it serves; a failed call
+    raises its ``grpc.RpcError``."""
     channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
     try:
         stub = pb_grpc.AssemblerStub(channel)
@@ -312,9 +318,6 @@ def _infer_remote(
             pb.InferRequest(prompt=prompt, sampling=convert.sampling_to_pb(sampling)),
             timeout=INFER_TIMEOUT_S,
         )
-    except grpc.RpcError as exc:
-        print(f"error: {address}: {exc.code().name} {exc.details()}", file=sys.stderr)
-        raise SystemExit(2) from exc
     finally:
         channel.close()
     return reply, bytes(info.model_id)

@@ -117,7 +117,25 @@ class Journal:
             raise JournalError(f"{self.path}: a stored vote is missing")
         return kept
 
+    # -- audit
+
+    def list_commitments(self) -> list[SignedCommitment]:
+        """Return every commitment stored, each re-checked, in the order they were kept."""
+        return [self._commitment(b) for b in self._all("SELECT signed FROM commitments")]
+
+    def list_votes(self) -> list[Vote]:
+        """Return every vote stored, each re-checked, in the order they were kept."""
+        return [self._vote(b) for b in self._all("SELECT vote FROM votes")]
+
     # -- storage
+
+    def _all(self, sql: str) -> list[bytes]:
+        with self._lock:
+            try:
+                rows = self._db.execute(f"{sql} ORDER BY rowid").fetchall()
+            except sqlite3.Error as exc:
+                raise JournalError(f"{self.path}: cannot read the journal: {exc}") from exc
+        return [bytes(r[0]) for r in rows]
 
     def _one(self, sql: str, *args: bytes) -> bytes | None:
         with self._lock:

@@ -42,7 +42,7 @@ from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
-from verihive import metrics
+from verihive import failpoints, metrics
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.journal import Journal
 from verihive.logs import configure_logging
@@ -320,6 +320,10 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
     config = load_config(home)
     key = load_node_key(home / config.node.key_file)
     policy, model, validators = load_genesis(home / config.network.genesis)
+    try:
+        failpoint = failpoints.check_failpoint()
+    except ValueError as exc:
+        raise NodeError(str(exc)) from exc
     configure_logging(f"{config.node.role}/{key.node_id.hex()[:12]}", verbose)  # [NODE.5]
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -379,6 +383,8 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
     address = home / "address"
     _write_atomically(address, f"{host}:{port}")
     log.info("%s %s serving on %s:%d", role, key.node_id.hex()[:12], host, port)
+    if failpoint is not None:
+        log.warning("failpoint %s armed: this node kills itself when it gets there", failpoint)
     try:
         stop.wait()
     finally:

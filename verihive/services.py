@@ -17,7 +17,7 @@ from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
-from verihive import metrics
+from verihive import failpoints, metrics
 from verihive.journal import Journal, JournalError
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
 
@@ -68,8 +68,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if signed is None:
             runner = self.batcher or self.core
             signed = runner.on_execute(inference)
+            failpoints.reach("executor.signed")
             if self.journal is not None:  # on disk before it leaves the process [NODE.1]
                 signed = self.journal.keep_commitment(signed)
+            failpoints.reach("executor.journaled")
         metrics.EXECUTIONS.inc()
         return pb.ExecuteResponse(commitment=convert.commitment_to_pb(signed))
 
@@ -159,8 +161,10 @@ class VerifierService(pb_grpc.VerifierServicer):
 
         # start() inside run() raises on a bad executor signature: no vote at all.
         vote = self.core.run(req, signed, fetch)
+        failpoints.reach("verifier.signed")
         if self.journal is not None:  # on disk before it leaves the process [NODE.1]
             vote = self.journal.keep_vote(vote)
+        failpoints.reach("verifier.journaled")
         check = vote.evidence.check.value if vote.evidence is not None else "none"
         metrics.VOTES.labels(verdict=vote.verdict.name.lower(), check=check).inc()
         return convert.vote_to_pb(vote)

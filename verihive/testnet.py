@@ -16,17 +16,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bft.assembler import AssemblerPolicy
 from bft.validators import make_genesis
+from executor.model import prepare_model
 from verihive.node import (
     GENESIS_FILE,
     KEY_FILE,
     NodeError,
     create_node_key,
     load_config,
+    load_genesis,
     write_config,
     write_genesis,
 )
@@ -102,22 +105,29 @@ def get_nodes(out: Path) -> list[Node]:
 def up(out: Path, timeout_s: float = 300.0) -> list[Node]:
     """Start every node of ``out`` as its own process; return them once each is SERVING."""
     nodes = get_nodes(out)
+    _, model, _ = load_genesis(out / GENESIS_FILE)
+    prepare_model(model)  # convert once here, not in every node at the same time
     assemblers = [n for n in nodes if n.role == "assembler"]
     for group in ([n for n in nodes if n.role != "assembler"], assemblers):
-        started = []
-        for n in group:
-            log = (n.home / "node.log").open("ab")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "verihive.nodecli", "serve", "--home", str(n.home)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            (n.home / "pid").write_text(f"{proc.pid}\n")
-            started.append((n, proc))
+        started = [(n, start_node(n)) for n in group]
         for n, proc in started:
             wait_until_serving(n, proc, timeout_s)
     return nodes
+
+
+def start_node(node: Node, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``node`` as its own process (``env`` added to this one's), logging to
+    ``HOME/node.log`` and recording its pid in ``HOME/pid``; return the process."""
+    with (node.home / "node.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "verihive.nodecli", "serve", "--home", str(node.home)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    (node.home / "pid").write_text(f"{proc.pid}\n")
+    return proc
 
 
 def wait_until_serving(node: Node, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
