@@ -123,3 +123,56 @@ def check_join(join: JoinRequest, network_id: str, model_id: ModelId, bits: int)
     stamp = compute_stamp_digest(join.network_id, join.public_key, join.nonce)
     if get_stamp_bits(stamp) < bits:
         raise Reject(f"join stamp has fewer than the {bits} leading zero bits this network asks")
+
+
+TAG_LEAVE = "verihive/leave/v1"
+LEAVE_WINDOW_MS = 300_000
+"""How far a leave's ``issued_at_ms`` may be from the assembler's clock (5 minutes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRequest:
+    """An executor's signed request to be routed to no more. [JOIN.3]"""
+
+    network_id: str
+    public_key: PublicKey
+    issued_at_ms: int
+    signature: Signature = field(default=Signature(b""))
+
+    def validate(self) -> None:
+        """Raise :class:`Malformed` on structural problems."""
+        check_network_id(self.network_id)
+        if len(self.public_key) != PUBLIC_KEY_SIZE:
+            raise Malformed(f"leave public_key must be {PUBLIC_KEY_SIZE} bytes")
+        if len(self.signature) != SIGNATURE_SIZE:
+            raise Malformed(f"leave signature must be {SIGNATURE_SIZE} bytes")
+        if not 0 < self.issued_at_ms < 2**63:
+            raise Malformed("leave issued_at_ms must be a positive 63-bit time")
+
+    def signing_root(self) -> Digest:
+        """Return the digest the key signs (every field but the signature)."""
+        body = Canonical().bytes_(self.public_key).u64(self.issued_at_ms).build()
+        return compute_signing_root(TAG_LEAVE, self.network_id, body)
+
+
+def sign_leave(key: SigningKey, network_id: str, issued_at_ms: int) -> LeaveRequest:
+    """Return ``key``'s signed leave from ``network_id`` at ``issued_at_ms``."""
+    unsigned = LeaveRequest(network_id, key.public_key, issued_at_ms)
+    return replace(unsigned, signature=key.sign(unsigned.signing_root()))
+
+
+def check_leave(leave: LeaveRequest, network_id: str, now_ms: int, last_ms: int) -> None:
+    """Raise unless ``leave`` may be honoured now. [JOIN.3]
+
+    In order: well formed (``Malformed``), for this network (``Reject``), signed by its key
+    (``BadSignature``), issued within :data:`LEAVE_WINDOW_MS` of ``now_ms`` and after
+    ``last_ms``, the newest leave already honoured for this key (``Reject``: stale or replayed).
+    """
+    leave.validate()
+    if leave.network_id != network_id:
+        raise Reject("leave is for another network")
+    check_signature(leave.public_key, leave.signing_root(), leave.signature, "leave")
+    if abs(leave.issued_at_ms - now_ms) > LEAVE_WINDOW_MS:
+        raise Reject(f"leave is stale: issued more than {LEAVE_WINDOW_MS // 1000} s from now")
+    if leave.issued_at_ms <= last_ms:
+        raise Reject("leave replayed: not newer than the last leave of this key")

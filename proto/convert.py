@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from bft.confirmation import Confirmation, Finding
 from bft.errors import Malformed
-from bft.join import JoinRequest
+from bft.join import JoinRequest, LeaveRequest
 from bft.limits import MAX_LAYERS, MAX_LEAVES, MAX_OPENINGS, MAX_TEXT, MAX_VALIDATORS
 from bft.messages import (
     Commitment,
@@ -521,6 +521,28 @@ def join_from_pb(m: pb.JoinRequest) -> JoinRequest:
         profile=m.profile,
         tokens_per_second=m.tokens_per_second,
         nonce=m.nonce,
+        signature=Signature(m.signature),
+    )
+    j.validate()
+    return j
+
+
+def leave_to_pb(j: LeaveRequest) -> pb.LeaveRequest:
+    """Return ``j`` as protobuf."""
+    return pb.LeaveRequest(
+        network_id=j.network_id,
+        public_key=j.public_key,
+        issued_at_ms=j.issued_at_ms,
+        signature=j.signature,
+    )
+
+
+def leave_from_pb(m: pb.LeaveRequest) -> LeaveRequest:
+    """Return the validated leave request of ``m``; ``Malformed`` when it is not one. [JOIN.3]"""
+    j = LeaveRequest(
+        network_id=m.network_id,
+        public_key=PublicKey(m.public_key),
+        issued_at_ms=m.issued_at_ms,
         signature=Signature(m.signature),
     )
     j.validate()

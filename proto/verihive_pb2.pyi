@@ -1237,3 +1237,194 @@ class JoinResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
+
+@_typing.final
+class LeaveRequest(_message.Message):
+    """An executor's signed request to be routed to no more. [JOIN.3]"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    public_key: _builtins.bytes
+    issued_at_ms: _builtins.int
+    """Unix time in ms: stale or replayed leaves are refused"""
+    signature: _builtins.bytes
+    """by public_key over the canonical leave statement"""
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        issued_at_ms: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued_at_ms", b"issued_at_ms", "network_id", b"network_id", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveRequest: _TypeAlias = LeaveRequest  # noqa: Y015
+
+@_typing.final
+class StatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
+
+@_typing.final
+class NodeStatus(_message.Message):
+    """What a running node says of itself: `status` prints it. [NODE.8]"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INFO_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    UPTIME_S_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    RECENT_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """the model's name"""
+    uptime_s: _builtins.float
+    in_flight: _builtins.int
+    """calls being served now"""
+    tokens_per_second: _builtins.float
+    """executors: measured when they start"""
+    @_builtins.property
+    def info(self) -> Global___NodeInfo: ...
+    @_builtins.property
+    def counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """what it did since it started, by event"""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
+    @_builtins.property
+    def recent(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecentEvent]:
+        """newest first, at most 32"""
+
+    def __init__(
+        self,
+        *,
+        info: Global___NodeInfo | None = ...,
+        model: _builtins.str = ...,
+        uptime_s: _builtins.float = ...,
+        in_flight: _builtins.int = ...,
+        counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        peers: _abc.Iterable[Global___PeerStatus] | None = ...,
+        recent: _abc.Iterable[Global___RecentEvent] | None = ...,
+        tokens_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "in_flight", b"in_flight", "info", b"info", "model", b"model", "peers", b"peers", "recent", b"recent", "tokens_per_second", b"tokens_per_second", "uptime_s", b"uptime_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class PeerStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    SEEN_S_AGO_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    address: _builtins.str
+    public_key: _builtins.bytes
+    """empty where the node does not know it"""
+    source: _builtins.str
+    """config, joined, or (executors) the assembler announced to"""
+    tokens_per_second: _builtins.float
+    """as the peer said when it joined"""
+    seen_s_ago: _builtins.float
+    """since its last join or announcement; 0 when not tracked"""
+    state: _builtins.str
+    """e.g. joined, refused: <reason>, unreachable"""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        address: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        source: _builtins.str = ...,
+        tokens_per_second: _builtins.float = ...,
+        seen_s_ago: _builtins.float = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "public_key", b"public_key", "role", b"role", "seen_s_ago", b"seen_s_ago", "source", b"source", "state", b"state", "tokens_per_second", b"tokens_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerStatus: _TypeAlias = PeerStatus  # noqa: Y015
+
+@_typing.final
+class RecentEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIX_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    unix_time: _builtins.float
+    request_id: _builtins.bytes
+    event: _builtins.str
+    """executed, recalled, accept, reject, unavailable, certified, ..."""
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        unix_time: _builtins.float = ...,
+        request_id: _builtins.bytes = ...,
+        event: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "event", b"event", "request_id", b"request_id", "unix_time", b"unix_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentEvent: _TypeAlias = RecentEvent  # noqa: Y015

@@ -39,6 +39,11 @@ class ExecutorStub:
                 request_serializer=proto_dot_verihive__pb2.NodeInfoRequest.SerializeToString,
                 response_deserializer=proto_dot_verihive__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/verihive.v1.Executor/Status',
+                request_serializer=proto_dot_verihive__pb2.StatusRequest.SerializeToString,
+                response_deserializer=proto_dot_verihive__pb2.NodeStatus.FromString,
+                _registered_method=True)
         self.Execute = channel.unary_unary(
                 '/verihive.v1.Executor/Execute',
                 request_serializer=proto_dot_verihive__pb2.ExecuteRequest.SerializeToString,
@@ -56,6 +61,13 @@ class ExecutorServicer:
 
     def GetInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
+        """[NODE.8]
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -79,6 +91,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=proto_dot_verihive__pb2.NodeInfoRequest.FromString,
                     response_serializer=proto_dot_verihive__pb2.NodeInfo.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=proto_dot_verihive__pb2.StatusRequest.FromString,
+                    response_serializer=proto_dot_verihive__pb2.NodeStatus.SerializeToString,
             ),
             'Execute': grpc.unary_unary_rpc_method_handler(
                     servicer.Execute,
@@ -118,6 +135,33 @@ class Executor:
             '/verihive.v1.Executor/GetInfo',
             proto_dot_verihive__pb2.NodeInfoRequest.SerializeToString,
             proto_dot_verihive__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verihive.v1.Executor/Status',
+            proto_dot_verihive__pb2.StatusRequest.SerializeToString,
+            proto_dot_verihive__pb2.NodeStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -197,6 +241,11 @@ class VerifierStub:
                 request_serializer=proto_dot_verihive__pb2.NodeInfoRequest.SerializeToString,
                 response_deserializer=proto_dot_verihive__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/verihive.v1.Verifier/Status',
+                request_serializer=proto_dot_verihive__pb2.StatusRequest.SerializeToString,
+                response_deserializer=proto_dot_verihive__pb2.NodeStatus.FromString,
+                _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/verihive.v1.Verifier/Verify',
                 request_serializer=proto_dot_verihive__pb2.VerifyRequest.SerializeToString,
@@ -213,6 +262,12 @@ class VerifierServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,6 +292,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=proto_dot_verihive__pb2.NodeInfoRequest.FromString,
                     response_serializer=proto_dot_verihive__pb2.NodeInfo.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=proto_dot_verihive__pb2.StatusRequest.FromString,
+                    response_serializer=proto_dot_verihive__pb2.NodeStatus.SerializeToString,
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
@@ -276,6 +336,33 @@ class Verifier:
             '/verihive.v1.Verifier/GetInfo',
             proto_dot_verihive__pb2.NodeInfoRequest.SerializeToString,
             proto_dot_verihive__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verihive.v1.Verifier/Status',
+            proto_dot_verihive__pb2.StatusRequest.SerializeToString,
+            proto_dot_verihive__pb2.NodeStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -355,6 +442,11 @@ class AssemblerStub:
                 request_serializer=proto_dot_verihive__pb2.NodeInfoRequest.SerializeToString,
                 response_deserializer=proto_dot_verihive__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/verihive.v1.Assembler/Status',
+                request_serializer=proto_dot_verihive__pb2.StatusRequest.SerializeToString,
+                response_deserializer=proto_dot_verihive__pb2.NodeStatus.FromString,
+                _registered_method=True)
         self.Infer = channel.unary_unary(
                 '/verihive.v1.Assembler/Infer',
                 request_serializer=proto_dot_verihive__pb2.InferRequest.SerializeToString,
@@ -365,12 +457,23 @@ class AssemblerStub:
                 request_serializer=proto_dot_verihive__pb2.JoinRequest.SerializeToString,
                 response_deserializer=proto_dot_verihive__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/verihive.v1.Assembler/Leave',
+                request_serializer=proto_dot_verihive__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=proto_dot_verihive__pb2.JoinResponse.FromString,
+                _registered_method=True)
 
 
 class AssemblerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -389,6 +492,13 @@ class AssemblerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """an executor asks not to be [JOIN.3]
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssemblerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +506,11 @@ def add_AssemblerServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=proto_dot_verihive__pb2.NodeInfoRequest.FromString,
                     response_serializer=proto_dot_verihive__pb2.NodeInfo.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=proto_dot_verihive__pb2.StatusRequest.FromString,
+                    response_serializer=proto_dot_verihive__pb2.NodeStatus.SerializeToString,
             ),
             'Infer': grpc.unary_unary_rpc_method_handler(
                     servicer.Infer,
@@ -405,6 +520,11 @@ def add_AssemblerServicer_to_server(servicer, server):
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
                     request_deserializer=proto_dot_verihive__pb2.JoinRequest.FromString,
+                    response_serializer=proto_dot_verihive__pb2.JoinResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=proto_dot_verihive__pb2.LeaveRequest.FromString,
                     response_serializer=proto_dot_verihive__pb2.JoinResponse.SerializeToString,
             ),
     }
@@ -435,6 +555,33 @@ class Assembler:
             '/verihive.v1.Assembler/GetInfo',
             proto_dot_verihive__pb2.NodeInfoRequest.SerializeToString,
             proto_dot_verihive__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verihive.v1.Assembler/Status',
+            proto_dot_verihive__pb2.StatusRequest.SerializeToString,
+            proto_dot_verihive__pb2.NodeStatus.FromString,
             options,
             channel_credentials,
             insecure,
@@ -488,6 +635,33 @@ class Assembler:
             target,
             '/verihive.v1.Assembler/Join',
             proto_dot_verihive__pb2.JoinRequest.SerializeToString,
+            proto_dot_verihive__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/verihive.v1.Assembler/Leave',
+            proto_dot_verihive__pb2.LeaveRequest.SerializeToString,
             proto_dot_verihive__pb2.JoinResponse.FromString,
             options,
             channel_credentials,

@@ -34,6 +34,8 @@ class ExecutorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ExecutorAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]
+    Status: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]
+    """[NODE.8]"""
     Execute: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.ExecuteRequest, _verihive_pb2.ExecuteResponse]
     Open: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.OpenRequest, _verihive_pb2.OpenResponse]
 
@@ -41,6 +43,8 @@ class ExecutorStub:
 class ExecutorAsyncStub(ExecutorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]  # type: ignore[assignment]
+    Status: _aio.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]  # type: ignore[assignment]
+    """[NODE.8]"""
     Execute: _aio.UnaryUnaryMultiCallable[_verihive_pb2.ExecuteRequest, _verihive_pb2.ExecuteResponse]  # type: ignore[assignment]
     Open: _aio.UnaryUnaryMultiCallable[_verihive_pb2.OpenRequest, _verihive_pb2.OpenResponse]  # type: ignore[assignment]
 
@@ -51,6 +55,14 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         request: _verihive_pb2.NodeInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.NodeInfo, _abc.Awaitable[_verihive_pb2.NodeInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _verihive_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verihive_pb2.NodeStatus, _abc.Awaitable[_verihive_pb2.NodeStatus]]:
+        """[NODE.8]"""
 
     @_abc_1.abstractmethod
     def Execute(
@@ -74,6 +86,7 @@ class VerifierStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VerifierAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]
+    Status: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]
     Verify: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.VerifyRequest, _verihive_pb2.Vote]
     Confirm: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.ConfirmRequest, _verihive_pb2.Confirmation]
 
@@ -81,6 +94,7 @@ class VerifierStub:
 class VerifierAsyncStub(VerifierStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]  # type: ignore[assignment]
+    Status: _aio.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]  # type: ignore[assignment]
     Verify: _aio.UnaryUnaryMultiCallable[_verihive_pb2.VerifyRequest, _verihive_pb2.Vote]  # type: ignore[assignment]
     Confirm: _aio.UnaryUnaryMultiCallable[_verihive_pb2.ConfirmRequest, _verihive_pb2.Confirmation]  # type: ignore[assignment]
 
@@ -91,6 +105,13 @@ class VerifierServicer(metaclass=_abc_1.ABCMeta):
         request: _verihive_pb2.NodeInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.NodeInfo, _abc.Awaitable[_verihive_pb2.NodeInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _verihive_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verihive_pb2.NodeStatus, _abc.Awaitable[_verihive_pb2.NodeStatus]]: ...
 
     @_abc_1.abstractmethod
     def Verify(
@@ -114,17 +135,23 @@ class AssemblerStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AssemblerAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]
+    Status: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]
     Infer: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.InferRequest, _verihive_pb2.InferResponse]
     Join: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.JoinRequest, _verihive_pb2.JoinResponse]
     """an executor asks to be routed to [JOIN.1]"""
+    Leave: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.LeaveRequest, _verihive_pb2.JoinResponse]
+    """an executor asks not to be [JOIN.3]"""
 
 @_typing.type_check_only
 class AssemblerAsyncStub(AssemblerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]  # type: ignore[assignment]
+    Status: _aio.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]  # type: ignore[assignment]
     Infer: _aio.UnaryUnaryMultiCallable[_verihive_pb2.InferRequest, _verihive_pb2.InferResponse]  # type: ignore[assignment]
     Join: _aio.UnaryUnaryMultiCallable[_verihive_pb2.JoinRequest, _verihive_pb2.JoinResponse]  # type: ignore[assignment]
     """an executor asks to be routed to [JOIN.1]"""
+    Leave: _aio.UnaryUnaryMultiCallable[_verihive_pb2.LeaveRequest, _verihive_pb2.JoinResponse]  # type: ignore[assignment]
+    """an executor asks not to be [JOIN.3]"""
 
 class AssemblerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -133,6 +160,13 @@ class AssemblerServicer(metaclass=_abc_1.ABCMeta):
         request: _verihive_pb2.NodeInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.NodeInfo, _abc.Awaitable[_verihive_pb2.NodeInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Status(
+        self,
+        request: _verihive_pb2.StatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verihive_pb2.NodeStatus, _abc.Awaitable[_verihive_pb2.NodeStatus]]: ...
 
     @_abc_1.abstractmethod
     def Infer(
@@ -148,5 +182,13 @@ class AssemblerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.JoinResponse, _abc.Awaitable[_verihive_pb2.JoinResponse]]:
         """an executor asks to be routed to [JOIN.1]"""
+
+    @_abc_1.abstractmethod
+    def Leave(
+        self,
+        request: _verihive_pb2.LeaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_verihive_pb2.JoinResponse, _abc.Awaitable[_verihive_pb2.JoinResponse]]:
+        """an executor asks not to be [JOIN.3]"""
 
 def add_AssemblerServicer_to_server(servicer: AssemblerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

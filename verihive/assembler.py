@@ -40,7 +40,7 @@ from bft.attempt import (
 from bft.attempt import AttemptResult as MachineAttempt
 from bft.crypto import SigningKey, compute_node_id
 from bft.errors import Ignore, Malformed, ProtocolError, Reject, Unavailable
-from bft.join import DEFAULT_STAMP_BITS, JoinRequest, check_join
+from bft.join import DEFAULT_STAMP_BITS, JoinRequest, LeaveRequest, check_join, check_leave
 from bft.limits import MAX_TOKENS
 from bft.messages import InferenceRequest, SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
@@ -56,10 +56,14 @@ from verihive.rpc import (
     MAX_OPEN_MESSAGE_BYTES,
     make_channel,
 )
+from verihive.status import Activity
 
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 64_000
+DEFAULT_JOIN_TTL_S = 600.0
+"""How long a join holds without being renewed, in seconds ([JOIN.2]; executors that announce
+themselves renew theirs every minute by default)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,14 @@ class Peer:
     public_key: PublicKey
     node_id: NodeId
     role: str
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A joined executor: its join and when it was last heard from (monotonic seconds)."""
+
+    join: JoinRequest
+    seen: float
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,14 @@ class AssemblerNode:
         self.executors = list(executors)
         """Executors this node routes to, in the order they are tried; joins append. [JOIN.2]"""
         self.join_stamp_bits = DEFAULT_STAMP_BITS
+        self.join_ttl_s = DEFAULT_JOIN_TTL_S
+        """A joined executor not heard from (joined again) for this long is not routed to."""
+        self.joined: dict[PublicKey, Joined] = {}
+        """What each joined executor said and when it was last heard from. [JOIN.2]"""
+        self._left_at_ms: dict[PublicKey, int] = {}
         self._peers_lock = threading.Lock()
+        self.activity = Activity("")
+        """What ``Status`` reports ([NODE.8])."""
         # One key may answer at several addresses (replicas, or Twins): every one is asked, so
         # a key that signs two different verdicts is caught. [QUORUM.5]
         self.verifiers: dict[PublicKey, list[Peer]] = {}
@@ -173,8 +192,7 @@ class AssemblerNode:
         """
         sampling.validate()
         tokens = self.encode_prompt(prompt)
-        with self._peers_lock:
-            executors = list(self.executors)
+        executors = self.routed_executors()
         keys = {p.public_key for p in executors} | set(self.verifiers)
         machine = InferenceMachine(
             self.policy,
@@ -222,10 +240,73 @@ class AssemblerNode:
             known = [p for p in self.executors if p.public_key == join.public_key]
             self.executors = [p for p in self.executors if p.public_key != join.public_key]
             self.executors.append(peer)
+            self.joined[peer.public_key] = Joined(join, time.monotonic())
             if peer.address not in self._channels:
                 self._channels[peer.address] = make_channel(peer.address)
         log.info("executor joined", extra={"peer": peer.address})
         return "re-joined" if known else "joined"
+
+    def process_leave(self, leave: LeaveRequest) -> str:
+        """Stop routing to the executor of ``leave`` once it passes [JOIN.3]; return what was
+        done. Raises :class:`ProtocolError` with the reason for a refused leave."""
+        with self._peers_lock:
+            last = self._left_at_ms.get(leave.public_key, 0)
+            check_leave(leave, self.policy.network_id, time.time_ns() // 1_000_000, last)
+            if not any(p.public_key == leave.public_key for p in self.executors):
+                raise Reject("this key is not routed to")
+            self._left_at_ms[leave.public_key] = leave.issued_at_ms
+            self.executors = [p for p in self.executors if p.public_key != leave.public_key]
+            self.joined.pop(leave.public_key, None)
+        log.info("executor left", extra={"peer": short_hex(compute_node_id(leave.public_key))})
+        return "left"
+
+    def routed_executors(self) -> list[Peer]:
+        """Return the executors a new request may go to, in order: every configured one, and
+        every joined one heard from within :attr:`join_ttl_s`. [JOIN.2]"""
+        now = time.monotonic()
+        with self._peers_lock:
+            return [
+                p
+                for p in self.executors
+                if p.public_key not in self.joined
+                or now - self.joined[p.public_key].seen < self.join_ttl_s
+            ]
+
+    def peer_status(self) -> list[pb.PeerStatus]:
+        """Return the executors and verifiers this node knows, for ``Status``. [NODE.8]"""
+        now = time.monotonic()
+        routed = {p.public_key for p in self.routed_executors()}
+        peers = []
+        with self._peers_lock:
+            for p in self.executors:
+                joined = self.joined.get(p.public_key)
+                state = "routed" if p.public_key in routed else "expired"
+                if self.tombstones.is_tombstoned(p.public_key):
+                    state = "tombstoned"
+                peers.append(
+                    pb.PeerStatus(
+                        role="executor",
+                        address=p.address,
+                        public_key=p.public_key,
+                        source="joined" if joined else "config",
+                        tokens_per_second=joined.join.tokens_per_second if joined else 0.0,
+                        seen_s_ago=now - joined.seen if joined else 0.0,
+                        state=state,
+                    )
+                )
+        for ps in self.verifiers.values():
+            for v in ps:
+                state = "tombstoned" if self.tombstones.is_tombstoned(v.public_key) else "validator"
+                peers.append(
+                    pb.PeerStatus(
+                        role="verifier",
+                        address=v.address,
+                        public_key=v.public_key,
+                        source="genesis",
+                        state=state,
+                    )
+                )
+        return peers
 
     def receipt_of(self, attempt: AttemptResult) -> pb.Receipt | None:
         """Return the receipt of a certified attempt, else ``None``."""
@@ -387,6 +468,20 @@ class AssemblerService(pb_grpc.AssemblerServicer):
             network_id=self.node.policy.network_id,
         )
 
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
+        """Return what this node did lately and the peers it routes to. [NODE.8]"""
+        info = self.GetInfo(pb.NodeInfoRequest(), context)
+        return self.node.activity.to_pb(info, self.node.peer_status())
+
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
+        """Stop routing to an executor that asks, or say why not. [JOIN.3]"""
+        leave = convert.leave_from_pb(request)  # Malformed: INVALID_ARGUMENT
+        try:
+            done = self.node.process_leave(leave)
+        except ProtocolError as exc:
+            return pb.JoinResponse(accepted=False, reason=f"{type(exc).__name__}: {exc}")
+        return pb.JoinResponse(accepted=True, reason=done)
+
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         """Route to a new executor, or say why not. [JOIN.1], [JOIN.2]"""
         join = convert.join_from_pb(request)  # Malformed: INVALID_ARGUMENT
@@ -404,7 +499,11 @@ class AssemblerService(pb_grpc.AssemblerServicer):
             if request.HasField("sampling")
             else SamplingParams()
         )
-        text, attempts = self.node.infer(request.prompt, sampling)
+        with self.node.activity.serving():
+            text, attempts = self.node.infer(request.prompt, sampling)
+        for a in attempts:
+            rid = a.request.request_id if a.request is not None else b""
+            self.node.activity.record(a.outcome.value, rid, f"{a.executor.address} {a.reason}")
         accepted = any(a.outcome is Outcome.CERTIFIED for a in attempts)
         if accepted:
             failpoints.reach("assembler.certified")

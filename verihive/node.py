@@ -43,9 +43,15 @@ from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import failpoints, metrics
-from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
+from verihive.assembler import (
+    DEFAULT_JOIN_TTL_S,
+    AssemblerNode,
+    AssemblerService,
+    fetch_peer,
+)
 from verihive.journal import Journal
 from verihive.logs import configure_logging
+from verihive.membership import Announcer, make_join, measure_throughput
 from verihive.rpc import (
     MAX_OPEN_MESSAGE_BYTES,
     add_health_and_reflection,
@@ -54,6 +60,7 @@ from verihive.rpc import (
     set_serving,
 )
 from verihive.services import ExecutorService, VerifierService
+from verihive.status import Activity
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +151,22 @@ class ExecutorSection(BaseModel):
     chunk_size: int = Field(default=16, ge=1, le=4096)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    assemblers: list[str] = []
+    """host:port of the assemblers this executor joins when it serves ([JOIN.4])."""
+    announce_s: float = Field(default=60.0, ge=1.0, le=86400.0)
+    """How often it joins them again, in seconds."""
+    public_address: str = ""
+    """host:port the assemblers reach this node at; empty: the address it listens on."""
+
+    @field_validator("assemblers")
+    @classmethod
+    def _assemblers(cls, values: list[str]) -> list[str]:
+        return [_host_port(v) for v in values]
+
+    @field_validator("public_address")
+    @classmethod
+    def _public(cls, value: str) -> str:
+        return _host_port(value) if value else value
 
 
 class AssemblerSection(BaseModel):
@@ -152,6 +175,8 @@ class AssemblerSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     executors: list[str] = []
     verifiers: list[str] = []
+    join_ttl_s: float = Field(default=DEFAULT_JOIN_TTL_S, ge=1.0, le=30 * 86400.0)
+    """A joined executor not heard from for this long is not routed to ([JOIN.2])."""
 
     @field_validator("executors", "verifiers")
     @classmethod
@@ -220,6 +245,7 @@ def write_config(
     executors: Sequence[str] = (),
     verifiers: Sequence[str] = (),
     metrics: str = "",
+    assemblers: Sequence[str] = (),
 ) -> Path:
     """Write ``home/config.toml`` for ``role`` with every key commented; return its path."""
     text = f'''# verihive node configuration. Every key can be overridden from the environment:
@@ -249,11 +275,20 @@ chunk_size = 16
 device = "cpu"
 # float32 | bfloat16 | float16 (the verifiers must admit the profile)
 dtype = "float32"
+# host:port of the assemblers to join when serving, e.g. ["10.0.0.5:7000"]; [] joins none
+# (then `bft-executor join` joins by hand)
+assemblers = {json.dumps(list(assemblers))}
+# seconds between joins (an assembler drops a joined executor it has not heard from lately)
+announce_s = 60
+# host:port the assemblers reach this node at; "" uses the listen address
+public_address = ""
 
 [assembler]
 # host:port of every executor and verifier the assembler asks (assemblers)
 executors = {json.dumps(list(executors))}
 verifiers = {json.dumps(list(verifiers))}
+# seconds a joined executor stays routed to without joining again
+join_ttl_s = {DEFAULT_JOIN_TTL_S:g}
 '''
     path = home / CONFIG_FILE
     path.write_text(text)
@@ -338,6 +373,8 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
     journal = Journal(home / config.node.journal) if config.node.journal else None
     server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
     closers: list[Callable[[], None]] = []
+    activity = Activity(loaded.name)
+    announcer: Announcer | None = None
     role = config.node.role
     if role == "verifier":
         backend = TorchBackend(loaded.model)
@@ -351,14 +388,16 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
             policy.network_id,
             load_thresholds(),
         )
-        verifier = VerifierService(core, info.name, journal)
+        verifier = VerifierService(core, info.name, journal, activity)
         closers.append(verifier.close)
         pb_grpc.add_VerifierServicer_to_server(verifier, server)
     elif role == "executor":
         ex = config.executor
         backend = TorchBackend(loaded.model, device=ex.device, dtype=DTYPES[ex.dtype])
         executor = ExecutorCore(key, backend, loaded.model_id, policy.network_id, ex.chunk_size)
-        service = ExecutorService(executor, journal=journal)
+        service = ExecutorService(executor, journal=journal, activity=activity)
+        activity.tokens_per_second = measure_throughput(backend)  # [JOIN.1]
+        log.info("measured %.1f tokens/s", activity.tokens_per_second)
         closers.append(service.close)
         pb_grpc.add_ExecutorServicer_to_server(service, server)
     else:
@@ -370,6 +409,8 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
             key, policy, loaded.model_id, loaded.tokenizer, executors, verifiers, validators
         )
         node.join_stamp_bits = load_join_stamp_bits(home / config.network.genesis)
+        node.join_ttl_s = peers.join_ttl_s
+        node.activity = activity
         closers.append(node.close)
         pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
     service_name = pb.DESCRIPTOR.services_by_name[role.capitalize()].full_name
@@ -385,9 +426,25 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
     log.info("%s %s serving on %s:%d", role, key.node_id.hex()[:12], host, port)
     if failpoint is not None:
         log.warning("failpoint %s armed: this node kills itself when it gets there", failpoint)
+    if role == "executor" and config.executor.assemblers:  # [JOIN.4]
+        ex = config.executor
+        join = make_join(
+            key,
+            policy.network_id,
+            load_join_stamp_bits(home / config.network.genesis),
+            ex.public_address or f"{host}:{port}",
+            loaded.model_id,
+            backend.info.profile,
+            activity.tokens_per_second,
+        )
+        announcer = Announcer(key, join, ex.assemblers, ex.announce_s)
+        service.peers = announcer.peers
+        announcer.start()
     try:
         stop.wait()
     finally:
+        if announcer is not None:
+            announcer.stop()  # leave first: assemblers stop sending new work [JOIN.3]
         health.enter_graceful_shutdown()  # NOT_SERVING: callers stop sending new work
         server.stop(SHUTDOWN_GRACE_S).wait()  # in-flight calls drain up to the grace
         for close in closers:

@@ -3,8 +3,9 @@
 
     bft-executor init --home DIR [--listen HOST:PORT] [--genesis FILE]
     bft-executor serve --home DIR
-    bft-executor status HOST:PORT [--json]
+    bft-executor status [HOST:PORT] [--home DIR] [--json]
     bft-executor join --home DIR --assembler HOST:PORT
+    bft-executor leave --home DIR --assembler HOST:PORT
     bft-testnet init --out DIR [--verifiers 4] [--executors 2] [--model tiny|smollm2]
     bft-testnet up DIR | down DIR
 """
@@ -15,18 +16,19 @@ import argparse
 import json
 import shutil
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from bft.assembler import AssemblerPolicy
 from bft.errors import ProtocolError
-from bft.join import JoinRequest, compute_stamp, sign_join
 from bft.types import ModelId
-from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import testnet
+from verihive.membership import make_join, send_join, send_leave
 from verihive.node import (
     CONFIG_FILE,
     GENESIS_FILE,
@@ -55,36 +57,54 @@ def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], 
     i.add_argument("--home", type=Path, required=True, help="the node's directory")
     i.add_argument("--listen", default="127.0.0.1:0", help="host:port to serve on")
     i.add_argument("--genesis", type=Path, help="the network's genesis.json, copied in")
+    if role == "executor":
+        i.add_argument(
+            "--assembler",
+            action="append",
+            default=[],
+            metavar="HOST:PORT",
+            help="an assembler to join whenever this node serves (repeatable) [JOIN.4]",
+        )
     s = sub.add_parser("serve", help=f"serve this {role} until SIGTERM")
     s.add_argument("--home", type=Path, required=True)
     s.add_argument("--verbose", action="store_true")
     t = sub.add_parser("status", help=f"what a running {role} says of itself")
-    t.add_argument("address", help="host:port")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("address", nargs="?", help="host:port (default: the one --home serves at)")
+    t.add_argument("--home", type=Path, help="the node's directory")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run_node_command(args: argparse.Namespace, role: str) -> int:
     """Run ``init``, ``serve`` or ``status`` of ``args`` for ``role``."""
     try:
         if args.command == "init":
-            return _init(args.home, role, args.listen, args.genesis)
+            assemblers = getattr(args, "assembler", [])
+            return _init(args.home, role, args.listen, args.genesis, assemblers)
         if args.command == "serve":
             serve(args.home, verbose=args.verbose)
             return 0
-        return _status(args.address, role, args.json)
+        return _status(args.address, args.home, role, args.json)
     except NodeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _init(home: Path, role: str, listen: str, genesis: Path | None) -> int:
+def _init(
+    home: Path, role: str, listen: str, genesis: Path | None, assemblers: list[str]
+) -> int:
     if (home / CONFIG_FILE).exists() or (home / KEY_FILE).exists():
         raise NodeError(f"{home}: already a node home (config.toml or node_key present)")
+    try:  # refuse before writing anything
+        check_address(listen, any_port=True)
+        for a in assemblers:
+            check_address(a)
+    except ProtocolError as exc:
+        raise NodeError(str(exc)) from exc
     home.mkdir(parents=True, exist_ok=True)
     key = create_node_key(home / KEY_FILE)
     if genesis is not None:
         shutil.copyfile(genesis, home / GENESIS_FILE)
-    write_config(home, role, listen)
+    write_config(home, role, listen, assemblers=assemblers)
     print(f"{role} {key.node_id.hex()} initialised in {home}")
     print(f"public key {key.public_key.hex()}")
     if genesis is None:
@@ -92,32 +112,104 @@ def _init(home: Path, role: str, listen: str, genesis: Path | None) -> int:
     return 0
 
 
-def _status(address: str, role: str, as_json: bool) -> int:
+def _status(address: str | None, home: Path | None, role: str, as_json: bool) -> int:
+    """Print what the node at ``address`` (or serving from ``home``) says of itself. [NODE.8]"""
+    if address is None:
+        if home is None:
+            raise NodeError("status needs the node's HOST:PORT or --home DIR")
+        address = _served_address(home)
     try:
         check_address(address)
     except ProtocolError as exc:
         raise NodeError(str(exc)) from exc
     channel = make_channel(address)
     try:
-        info = STUBS[role](channel).GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
+        status = STUBS[role](channel).Status(pb.StatusRequest(), timeout=INFO_TIMEOUT_S)
     except grpc.RpcError as exc:
         raise NodeError(f"{address}: {exc.code().name} {exc.details()}") from exc
     finally:
         channel.close()
-    data = {
+    data = status_to_dict(address, status)
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(format_status(data))
+    return 0
+
+
+def status_to_dict(address: str, status: pb.NodeStatus) -> dict[str, Any]:
+    """Return ``status`` as plain JSON data (keys and ids in hex)."""
+    info = status.info
+    return {
         "address": address,
         "role": info.role,
         "public_key": info.public_key.hex(),
         "network_id": info.network_id,
+        "model": status.model,
         "model_id": info.model_id.hex(),
         "backend": info.backend,
+        "uptime_s": round(status.uptime_s, 1),
+        "in_flight": status.in_flight,
+        "tokens_per_second": round(status.tokens_per_second, 2),
+        "counts": dict(sorted(status.counts.items())),
+        "peers": [
+            {
+                "role": p.role,
+                "address": p.address,
+                "public_key": p.public_key.hex(),
+                "source": p.source,
+                "state": p.state,
+                "tokens_per_second": round(p.tokens_per_second, 2),
+                "seen_s_ago": round(p.seen_s_ago, 1),
+            }
+            for p in status.peers
+        ],
+        "recent": [
+            {
+                "time": datetime.fromtimestamp(e.unix_time, UTC).isoformat(timespec="seconds"),
+                "request_id": e.request_id.hex(),
+                "event": e.event,
+                "detail": e.detail,
+            }
+            for e in status.recent
+        ],
     }
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        for k, v in data.items():
-            print(f"{k:12s} {v}")
-    return 0
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """Return ``data`` (of :func:`status_to_dict`) as tables for a terminal."""
+    lines = [
+        f"{k:18s} {data[k]}"
+        for k in ("address", "role", "public_key", "network_id", "model", "backend")
+    ]
+    lines.append(f"{'uptime':18s} {data['uptime_s']:.0f} s")
+    lines.append(f"{'in flight':18s} {data['in_flight']}")
+    if data["tokens_per_second"]:
+        lines.append(f"{'tokens/s':18s} {data['tokens_per_second']}")
+    counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items()) or "nothing yet"
+    lines.append(f"{'done':18s} {counts}")
+    if data["peers"]:
+        lines += ["", f"peers ({len(data['peers'])})"]
+        for p in data["peers"]:
+            key = p["public_key"][:16] or "-"
+            tps = f"{p['tokens_per_second']} tok/s" if p["tokens_per_second"] else ""
+            lines.append(
+                f"  {p['role']:9s} {p['address']:22s} {key:16s} {p['source']:9s} "
+                f"{p['state']} {tps}".rstrip()
+            )
+    if data["recent"]:
+        lines += ["", f"recent ({len(data['recent'])}, newest first)"]
+        for e in data["recent"]:
+            rid = e["request_id"][:12] or "-"
+            lines.append(f"  {e['time']}  {rid:12s}  {e['event']:11s} {e['detail']}".rstrip())
+    return "\n".join(lines)
+
+
+def _served_address(home: Path) -> str:
+    try:
+        return (home / "address").read_text().strip()
+    except FileNotFoundError as exc:
+        raise NodeError(f"{home}: not serving (no address file); serve it first") from exc
 
 
 def _role_main(role: str, argv: list[str] | None) -> int:
@@ -129,10 +221,15 @@ def _role_main(role: str, argv: list[str] | None) -> int:
         j.add_argument("--home", type=Path, required=True)
         j.add_argument("--assembler", required=True, metavar="HOST:PORT")
         j.add_argument("--address", help="where this node serves (default: HOME/address)")
+        lv = sub.add_parser("leave", help="ask an assembler to route to this node no more")
+        lv.add_argument("--home", type=Path, required=True)
+        lv.add_argument("--assembler", required=True, metavar="HOST:PORT")
     args = p.parse_args(argv)
-    if args.command == "join":
+    if args.command in ("join", "leave"):
         try:
-            return _join(args.home, args.assembler, args.address)
+            if args.command == "join":
+                return _join(args.home, args.assembler, args.address)
+            return _leave(args.home, args.assembler)
         except NodeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -146,37 +243,43 @@ def _join(home: Path, assembler: str, address: str | None) -> int:
     genesis = home / config.network.genesis
     policy, _, _ = load_genesis(genesis)
     bits = load_join_stamp_bits(genesis)
-    if address is None:
-        try:
-            address = (home / "address").read_text().strip()
-        except FileNotFoundError as exc:
-            raise NodeError(f"{home}: not serving (no address file); serve it first") from exc
+    address = address or _served_address(home)
     channel = make_channel(address)
-    try:
-        info = pb_grpc.ExecutorStub(channel).GetInfo(pb.NodeInfoRequest(), timeout=INFO_TIMEOUT_S)
+    try:  # what the node serves and the throughput it measured when it started
+        status = pb_grpc.ExecutorStub(channel).Status(pb.StatusRequest(), timeout=INFO_TIMEOUT_S)
     except grpc.RpcError as exc:
         raise NodeError(f"{address}: this node does not answer: {exc.code().name}") from exc
     finally:
         channel.close()
-    nonce = compute_stamp(policy.network_id, key.public_key, bits)
-    unsigned = JoinRequest(
-        network_id=policy.network_id,
-        public_key=key.public_key,
-        address=address,
-        model_id=ModelId(info.model_id),
-        profile=f"{info.backend}-{config.executor.dtype}",
-        tokens_per_second=0.0,
-        nonce=nonce,
+    if status.info.public_key != key.public_key:
+        raise NodeError(f"{address} serves another key than {home / config.node.key_file}")
+    join = make_join(
+        key,
+        policy.network_id,
+        bits,
+        address,
+        ModelId(status.info.model_id),
+        f"{status.info.backend}-{config.executor.dtype}",
+        status.tokens_per_second,
     )
-    join = sign_join(key, unsigned)
-    channel = make_channel(assembler)
     try:
-        reply = pb_grpc.AssemblerStub(channel).Join(convert.join_to_pb(join), timeout=60)
+        reply = send_join(assembler, join)
     except grpc.RpcError as exc:
         raise NodeError(f"{assembler}: {exc.code().name} {exc.details()}") from exc
-    finally:
-        channel.close()
     print(f"{'joined' if reply.accepted else 'refused'}: {reply.reason}")
+    return 0 if reply.accepted else 1
+
+
+def _leave(home: Path, assembler: str) -> int:
+    """Sign a leave and send it; exit 0 left, 1 refused. [JOIN.3]"""
+    config = load_config(home)
+    key = load_node_key(home / config.node.key_file)
+    policy, _, _ = load_genesis(home / config.network.genesis)
+    try:
+        reply = send_leave(assembler, key, policy.network_id)
+    except grpc.RpcError as exc:
+        raise NodeError(f"{assembler}: {exc.code().name} {exc.details()}") from exc
+    print(f"{'left' if reply.accepted else 'refused'}: {reply.reason}")
     return 0 if reply.accepted else 1
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import grpc
 
 from bft.errors import CannotJudge, Malformed, NotFound, Unavailable
 from bft.limits import MAX_OPENINGS
-from bft.messages import OpeningResponse, SignedCommitment
+from bft.messages import InferenceRequest, OpeningResponse, SignedCommitment, Vote
 from bft.types import DIGEST_SIZE, Digest
 from bft.verifier import Session, VerifierCore
 from executor.batching import ExecutionBatcher
@@ -20,6 +21,7 @@ from proto import verihive_pb2_grpc as pb_grpc
 from verihive import failpoints, metrics
 from verihive.journal import Journal, JournalError
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
+from verihive.status import Activity
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,16 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         core: ExecutorCore,
         batcher: ExecutionBatcher | None = None,
         journal: Journal | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.core = core
         self.batcher = batcher
         self.journal = journal
         """Where signed commitments are kept across restarts ([NODE.1]); none: memory only."""
+        self.activity = activity or Activity(core.backend.info.name)
+        """What ``Status`` reports ([NODE.8])."""
+        self.peers: Callable[[], list[pb.PeerStatus]] = list
+        """The assemblers this node announces itself to, as ``Status`` reports them."""
 
     def close(self) -> None:
         """Stop the batcher, if any."""
@@ -57,6 +64,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             network_id=self.core.network_id,
         )
 
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
+        """Return what this node did lately and the assemblers it announces to. [NODE.8]"""
+        return self.activity.to_pb(self.GetInfo(pb.NodeInfoRequest(), context), self.peers())
+
     def Execute(
         self, request: pb.ExecuteRequest, context: grpc.ServicerContext
     ) -> pb.ExecuteResponse:
@@ -64,15 +75,21 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if not request.HasField("request"):
             raise Malformed("ExecuteRequest.request is missing")
         inference = convert.request_from_pb(request.request)
-        signed = self.recall(inference.digest())
-        if signed is None:
-            runner = self.batcher or self.core
-            signed = runner.on_execute(inference)
-            failpoints.reach("executor.signed")
-            if self.journal is not None:  # on disk before it leaves the process [NODE.1]
-                signed = self.journal.keep_commitment(signed)
-            failpoints.reach("executor.journaled")
+        with self.activity.serving():
+            signed = self.recall(inference.digest())
+            event = "recalled"
+            if signed is None:
+                runner = self.batcher or self.core
+                signed = runner.on_execute(inference)
+                failpoints.reach("executor.signed")
+                if self.journal is not None:  # on disk before it leaves the process [NODE.1]
+                    signed = self.journal.keep_commitment(signed)
+                failpoints.reach("executor.journaled")
+                event = "executed"
         metrics.EXECUTIONS.inc()
+        c = signed.commitment
+        detail = f"root {c.merkle_root.hex()[:16]}, {len(c.tokens) - c.prompt_len} tokens"
+        self.activity.record(event, inference.request_id, detail)
         return pb.ExecuteResponse(commitment=convert.commitment_to_pb(signed))
 
     def recall(self, request_digest: Digest) -> SignedCommitment | None:
@@ -113,12 +130,18 @@ class VerifierService(pb_grpc.VerifierServicer):
     """Deadline of each ``Open`` call to the executor, in seconds ([RPC.2])."""
 
     def __init__(
-        self, core: VerifierCore, backend_name: str, journal: Journal | None = None
+        self,
+        core: VerifierCore,
+        backend_name: str,
+        journal: Journal | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.core = core
         self.backend_name = backend_name
         self.journal = journal
         """Where signed votes are kept across restarts ([NODE.1]); none: memory only."""
+        self.activity = activity or Activity(backend_name)
+        """What ``Status`` reports ([NODE.8])."""
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -132,19 +155,34 @@ class VerifierService(pb_grpc.VerifierServicer):
             network_id=self.core.network_id,
         )
 
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
+        """Return what this node did lately and the executors it fetched openings from."""
+        with self._lock:
+            addresses = sorted(self._channels)
+        peers = [pb.PeerStatus(role="executor", address=a, source="verified") for a in addresses]
+        return self.activity.to_pb(self.GetInfo(pb.NodeInfoRequest(), context), peers)
+
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.Vote:
         """Check the commitment in ``request`` and return a signed vote."""
         if not request.HasField("request") or not request.HasField("commitment"):
             raise Malformed("VerifyRequest needs request and commitment")
         req = convert.request_from_pb(request.request)
         signed = convert.commitment_from_pb(request.commitment)
+        with self.activity.serving():
+            vote = self._vote(req, signed, request.executor_address)
+        detail = vote.evidence.check.value if vote.evidence is not None else vote.reason
+        self.activity.record(vote.verdict.name.lower(), req.request_id, detail)
+        return convert.vote_to_pb(vote)
+
+    def _vote(self, req: InferenceRequest, signed: SignedCommitment, executor: str) -> Vote:
+        """Return the vote on ``signed``: the journal's, else a new one, journaled."""
         if self.journal is not None:
             known = self.journal.get_vote(req.digest(), signed.digest)
             if known is not None:  # signed before a restart: that vote, byte for byte [NODE.1]
                 if known.verifier_key != self.core.key.public_key:
                     raise JournalError(f"{self.journal.path} holds another key's votes")
-                return convert.vote_to_pb(self.core.remember(known))
-        address = check_address(request.executor_address)
+                return self.core.remember(known)
+        address = check_address(executor)
         stub = pb_grpc.ExecutorStub(self._channel(address))
 
         def fetch(session: Session) -> OpeningResponse:
@@ -167,7 +205,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         failpoints.reach("verifier.journaled")
         check = vote.evidence.check.value if vote.evidence is not None else "none"
         metrics.VOTES.labels(verdict=vote.verdict.name.lower(), check=check).inc()
-        return convert.vote_to_pb(vote)
+        return vote
 
     def Confirm(self, request: pb.ConfirmRequest, context: grpc.ServicerContext) -> pb.Confirmation:
         """Audit the accusation's evidence with this verifier's model and sign the finding."""
@@ -177,9 +215,11 @@ class VerifierService(pb_grpc.VerifierServicer):
         if accusation.evidence is None:
             raise Malformed("only a REJECT vote with evidence can be confirmed")
         ev = accusation.evidence
-        conf = self.core.confirm(ev.request, ev.signed, accusation)
+        with self.activity.serving():
+            conf = self.core.confirm(ev.request, ev.signed, accusation)
         if conf is None:
             raise CannotJudge("this verifier holds no model or bands to judge the claim")
+        self.activity.record(f"confirm-{conf.finding.name.lower()}", ev.request.request_id)
         return convert.confirmation_to_pb(conf)
 
     def _channel(self, address: str) -> grpc.Channel:
