@@ -5,6 +5,10 @@ network's ``genesis.json`` (the verifiers are the genesis validator set, endorse
 member); ``up`` starts each node as its own process (``python -m verihive.nodecli serve
 --home``), verifiers and executors first, and returns once every node's gRPC health check says
 SERVING; ``down`` sends SIGTERM, then SIGKILL after a grace period. [NODE.3]
+
+Nodes need not share a host: ``init_testnet(hosts=...)`` gives a node an address on a host of
+its own and ``up(wrap=...)`` starts it under a command prefix (``ip netns exec NS``, say), so
+the same homes run with each node in its own network namespace. [NODE.6]
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,13 @@ from verihive.rpc import is_healthy
 STOP_GRACE_S = 15.0
 """How long ``down`` waits after SIGTERM before SIGKILL, in seconds."""
 
+HOST_PORT_BASE = 7000
+"""First port of a node given a host of its own: node ``i`` serves gRPC on ``7000 + 2i`` and
+metrics on ``7001 + 2i`` (that host's ports cannot be probed from here, so they are fixed)."""
+
+LOCAL_HOST = "127.0.0.1"
+"""The host of a node not named in ``hosts``: ports on it are chosen free at init."""
+
 
 @dataclass(frozen=True)
 class Node:
@@ -57,9 +68,18 @@ def get_free_port(host: str) -> int:
 
 
 def init_testnet(
-    out: Path, verifiers: int, executors: int, model: str, policy: AssemblerPolicy
+    out: Path,
+    verifiers: int,
+    executors: int,
+    model: str,
+    policy: AssemblerPolicy,
+    hosts: Mapping[str, str] | None = None,
 ) -> list[Node]:
-    """Write the homes and genesis of a testnet under ``out``; return its nodes."""
+    """Write the homes and genesis of a testnet under ``out``; return its nodes.
+
+    ``hosts`` maps a node name (``verifier-0``, ``assembler``) to the host (an IP) it serves on,
+    at ports from :data:`HOST_PORT_BASE`; a node not named serves on loopback. [NODE.6]
+    """
     if verifiers < 3 * policy.f + 1:
         raise NodeError(f"f={policy.f} needs at least {3 * policy.f + 1} verifiers")
     if executors < 1:
@@ -67,30 +87,40 @@ def init_testnet(
     if out.exists() and any(out.iterdir()):
         raise NodeError(f"{out}: not empty; a testnet is written into a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    host = "127.0.0.1"
     nodes = [Node(f"verifier-{i}", out / f"verifier-{i}", "verifier") for i in range(verifiers)]
     nodes += [Node(f"executor-{i}", out / f"executor-{i}", "executor") for i in range(executors)]
     nodes.append(Node("assembler", out / "assembler", "assembler"))
-    addresses = {n.name: f"{host}:{get_free_port(host)}" for n in nodes}
+    unknown = sorted(set(hosts or {}) - {n.name for n in nodes})
+    if unknown:
+        raise NodeError(f"hosts names no such node: {', '.join(unknown)}")
+    listen = {n.name: _get_address(n.name, i, 0, hosts) for i, n in enumerate(nodes)}
+    metrics = {n.name: _get_address(n.name, i, 1, hosts) for i, n in enumerate(nodes)}
     keys = {}
     for n in nodes:
         n.home.mkdir()
         keys[n.name] = create_node_key(n.home / KEY_FILE)
     genesis = make_genesis(policy.network_id, [keys[n.name] for n in nodes if n.role == "verifier"])
     write_genesis(out / GENESIS_FILE, policy, model, genesis)
-    peers = {r: [addresses[m.name] for m in nodes if m.role == r] for r in ("executor", "verifier")}
+    peers = {r: [listen[m.name] for m in nodes if m.role == r] for r in ("executor", "verifier")}
     for n in nodes:
         is_assembler = n.role == "assembler"
         write_config(
             n.home,
             n.role,
-            addresses[n.name],
+            listen[n.name],
             genesis=f"../{GENESIS_FILE}",
             executors=peers["executor"] if is_assembler else (),
             verifiers=peers["verifier"] if is_assembler else (),
-            metrics=f"{host}:{get_free_port(host)}",
+            metrics=metrics[n.name],
         )
-    return [Node(n.name, n.home, n.role, addresses[n.name]) for n in nodes]
+    return [Node(n.name, n.home, n.role, listen[n.name]) for n in nodes]
+
+
+def _get_address(name: str, index: int, offset: int, hosts: Mapping[str, str] | None) -> str:
+    """Return node ``name``'s address: on its own host at a fixed port, else a free local one."""
+    if hosts is not None and name in hosts:
+        return f"{hosts[name]}:{HOST_PORT_BASE + 2 * index + offset}"
+    return f"{LOCAL_HOST}:{get_free_port(LOCAL_HOST)}"
 
 
 def get_nodes(out: Path) -> list[Node]:
@@ -102,25 +132,38 @@ def get_nodes(out: Path) -> list[Node]:
     return sorted(nodes, key=lambda n: n.role == "assembler")
 
 
-def up(out: Path, timeout_s: float = 300.0) -> list[Node]:
-    """Start every node of ``out`` as its own process; return them once each is SERVING."""
+def up(
+    out: Path,
+    timeout_s: float = 300.0,
+    wrap: Callable[[Node], Sequence[str]] | None = None,
+) -> list[Node]:
+    """Start every node of ``out`` as its own process; return them once each is SERVING.
+
+    ``wrap`` returns the command prefix a node is started under, e.g. ``["ip", "netns", "exec",
+    NS]``; it must exec the node (its pid is the node's, for ``down``). [NODE.6]
+    """
     nodes = get_nodes(out)
     _, model, _ = load_genesis(out / GENESIS_FILE)
     prepare_model(model)  # convert once here, not in every node at the same time
     assemblers = [n for n in nodes if n.role == "assembler"]
     for group in ([n for n in nodes if n.role != "assembler"], assemblers):
-        started = [(n, start_node(n)) for n in group]
+        started = [(n, start_node(n, wrap=wrap)) for n in group]
         for n, proc in started:
             wait_until_serving(n, proc, timeout_s)
     return nodes
 
 
-def start_node(node: Node, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``node`` as its own process (``env`` added to this one's), logging to
-    ``HOME/node.log`` and recording its pid in ``HOME/pid``; return the process."""
+def start_node(
+    node: Node,
+    env: Mapping[str, str] | None = None,
+    wrap: Callable[[Node], Sequence[str]] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``node`` as its own process (``env`` added to this one's, under ``wrap``'s
+    prefix), logging to ``HOME/node.log`` and recording its pid in ``HOME/pid``; return it."""
+    prefix = list(wrap(node)) if wrap is not None else []
     with (node.home / "node.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "verihive.nodecli", "serve", "--home", str(node.home)],
+            [*prefix, sys.executable, "-m", "verihive.nodecli", "serve", "--home", str(node.home)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
