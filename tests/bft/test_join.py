@@ -1,4 +1,4 @@
-"""The join statement and its proof-of-work stamp. [JOIN.1]"""
+"""The join statement and its proof-of-work stamp, and the leave statement. [JOIN.1], [JOIN.3]"""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import pytest
 from bft.crypto import SigningKey
 from bft.errors import BadSignature, Malformed, Reject
 from bft.join import (
+    LEAVE_WINDOW_MS,
     JoinRequest,
     check_join,
+    check_leave,
     compute_stamp,
     compute_stamp_digest,
     get_stamp_bits,
     sign_join,
+    sign_leave,
 )
 from bft.types import ModelId
 from tests.support import make_key
@@ -100,3 +103,42 @@ def test_invalid_join_for_another_network_or_model(network, model, needle):
 def test_invalid_malformed_join(change):
     with pytest.raises(Malformed):
         check_join(joined(**change), NET, MODEL, BITS)
+
+
+# --- leave [JOIN.3]
+
+NOW_MS = 1_800_000_000_000
+
+
+def test_valid_leave_passes_once():
+    leave = sign_leave(make_key("joiner"), NET, NOW_MS)
+    check_leave(leave, NET, NOW_MS + 1000, last_ms=0)
+    with pytest.raises(Reject, match="replayed"):  # the assembler keeps NOW_MS as the last
+        check_leave(leave, NET, NOW_MS + 2000, last_ms=NOW_MS)
+
+
+@pytest.mark.parametrize("skew_ms", [LEAVE_WINDOW_MS + 1, -LEAVE_WINDOW_MS - 1])
+def test_invalid_stale_leave(skew_ms):
+    leave = sign_leave(make_key("joiner"), NET, NOW_MS)
+    with pytest.raises(Reject, match="stale"):
+        check_leave(leave, NET, NOW_MS + skew_ms, last_ms=0)
+    check_leave(leave, NET, NOW_MS + skew_ms - (1 if skew_ms > 0 else -1), last_ms=0)
+
+
+def test_invalid_leave_signed_by_another_key_or_for_another_network():
+    leave = sign_leave(make_key("joiner"), NET, NOW_MS)
+    forged = dataclasses.replace(leave, public_key=make_key("victim").public_key)
+    with pytest.raises(BadSignature):
+        check_leave(forged, NET, NOW_MS, last_ms=0)
+    with pytest.raises(Reject, match="another network"):
+        check_leave(leave, "other-net", NOW_MS, last_ms=0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"issued_at_ms": 0}, {"issued_at_ms": 2**63}, {"public_key": b"\x01"}, {"signature": b""}],
+)
+def test_invalid_malformed_leave(change):
+    leave = dataclasses.replace(sign_leave(make_key("joiner"), NET, NOW_MS), **change)
+    with pytest.raises(Malformed):
+        check_leave(leave, NET, NOW_MS, last_ms=0)
