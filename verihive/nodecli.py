@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -78,13 +79,24 @@ def run_node_command(args: argparse.Namespace, role: str) -> int:
 
 
 def _init(home: Path, role: str, listen: str, genesis: Path | None) -> int:
+    """Write a new home; where any of its files is there, refuse and write nothing. [NODE.7]"""
     if (home / CONFIG_FILE).exists() or (home / KEY_FILE).exists():
         raise NodeError(f"{home}: already a node home (config.toml or node_key present)")
-    home.mkdir(parents=True, exist_ok=True)
+    if genesis is not None:
+        load_genesis(genesis)  # one that would not serve is refused before anything is written
+        if os.path.lexists(home / GENESIS_FILE):
+            raise NodeError(f"{home / GENESIS_FILE}: already there; init without --genesis")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NodeError(f"{home}: cannot make the home: {exc.strerror}") from exc
+    write_config(home, role, listen)  # checked before it is written, e.g. the --listen address
     key = create_node_key(home / KEY_FILE)
     if genesis is not None:
-        shutil.copyfile(genesis, home / GENESIS_FILE)
-    write_config(home, role, listen)
+        try:
+            shutil.copyfile(genesis, home / GENESIS_FILE)
+        except OSError as exc:
+            raise NodeError(f"{home / GENESIS_FILE}: cannot copy {genesis}: {exc}") from exc
     print(f"{role} {key.node_id.hex()} initialised in {home}")
     print(f"public key {key.public_key.hex()}")
     if genesis is None:
