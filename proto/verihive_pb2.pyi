@@ -1287,7 +1287,7 @@ Global___StatusRequest: _TypeAlias = StatusRequest  # noqa: Y015
 
 @_typing.final
 class NodeStatus(_message.Message):
-    """What a running node says of itself: `status` prints it. [NODE.8]"""
+    """What a running node says of itself: `status` prints it. [NODE.9]"""
 
     DESCRIPTOR: _descriptor.Descriptor
 

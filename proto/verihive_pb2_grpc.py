@@ -66,7 +66,7 @@ class ExecutorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Status(self, request, context):
-        """[NODE.8]
+        """[NODE.9]
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,7 +35,7 @@ class ExecutorStub:
     def __new__(cls, channel: _aio.Channel) -> ExecutorAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]
     Status: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]
-    """[NODE.8]"""
+    """[NODE.9]"""
     Execute: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.ExecuteRequest, _verihive_pb2.ExecuteResponse]
     Open: _grpc.UnaryUnaryMultiCallable[_verihive_pb2.OpenRequest, _verihive_pb2.OpenResponse]
 
@@ -44,7 +44,7 @@ class ExecutorAsyncStub(ExecutorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_verihive_pb2.NodeInfoRequest, _verihive_pb2.NodeInfo]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_verihive_pb2.StatusRequest, _verihive_pb2.NodeStatus]  # type: ignore[assignment]
-    """[NODE.8]"""
+    """[NODE.9]"""
     Execute: _aio.UnaryUnaryMultiCallable[_verihive_pb2.ExecuteRequest, _verihive_pb2.ExecuteResponse]  # type: ignore[assignment]
     Open: _aio.UnaryUnaryMultiCallable[_verihive_pb2.OpenRequest, _verihive_pb2.OpenResponse]  # type: ignore[assignment]
 
@@ -62,7 +62,7 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         request: _verihive_pb2.StatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_verihive_pb2.NodeStatus, _abc.Awaitable[_verihive_pb2.NodeStatus]]:
-        """[NODE.8]"""
+        """[NODE.9]"""
 
     @_abc_1.abstractmethod
     def Execute(

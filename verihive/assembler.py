@@ -147,7 +147,7 @@ class AssemblerNode:
         self._left_at_ms: dict[PublicKey, int] = {}
         self._peers_lock = threading.Lock()
         self.activity = Activity("")
-        """What ``Status`` reports ([NODE.8])."""
+        """What ``Status`` reports ([NODE.9])."""
         # One key may answer at several addresses (replicas, or Twins): every one is asked, so
         # a key that signs two different verdicts is caught. [QUORUM.5]
         self.verifiers: dict[PublicKey, list[Peer]] = {}
@@ -273,7 +273,7 @@ class AssemblerNode:
             ]
 
     def peer_status(self) -> list[pb.PeerStatus]:
-        """Return the executors and verifiers this node knows, for ``Status``. [NODE.8]"""
+        """Return the executors and verifiers this node knows, for ``Status``. [NODE.9]"""
         now = time.monotonic()
         routed = {p.public_key for p in self.routed_executors()}
         peers = []
@@ -469,7 +469,7 @@ class AssemblerService(pb_grpc.AssemblerServicer):
         )
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
-        """Return what this node did lately and the peers it routes to. [NODE.8]"""
+        """Return what this node did lately and the peers it routes to. [NODE.9]"""
         info = self.GetInfo(pb.NodeInfoRequest(), context)
         return self.node.activity.to_pb(info, self.node.peer_status())
 

@@ -1,6 +1,6 @@
 """Crash points for restart tests: a node started with ``VERIHIVE_FAILPOINT=<point>`` kills
 itself with SIGKILL the first time it reaches that point, as CometBFT's ``libs/fail`` does.
-[NODE.7]
+[NODE.8]
 
 The points sit where a crash matters for what a node signed: after a commitment or vote is made
 but before it is on disk, and after it is on disk but before it leaves the process. A node that

@@ -144,7 +144,7 @@ class Announcer:
             a.state, a.at = state, time.monotonic()
 
     def peers(self) -> list[pb.PeerStatus]:
-        """Return each assembler and its last answer, for ``Status``. [NODE.8]"""
+        """Return each assembler and its last answer, for ``Status``. [NODE.9]"""
         now = time.monotonic()
         with self._lock:
             return [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from datetime import UTC, datetime
@@ -92,19 +93,25 @@ def run_node_command(args: argparse.Namespace, role: str) -> int:
 def _init(
     home: Path, role: str, listen: str, genesis: Path | None, assemblers: list[str]
 ) -> int:
+    """Write a new home; where any of its files is there, refuse and write nothing. [NODE.7]"""
     if (home / CONFIG_FILE).exists() or (home / KEY_FILE).exists():
         raise NodeError(f"{home}: already a node home (config.toml or node_key present)")
-    try:  # refuse before writing anything
-        check_address(listen, any_port=True)
-        for a in assemblers:
-            check_address(a)
-    except ProtocolError as exc:
-        raise NodeError(str(exc)) from exc
-    home.mkdir(parents=True, exist_ok=True)
+    if genesis is not None:
+        load_genesis(genesis)  # one that would not serve is refused before anything is written
+        if os.path.lexists(home / GENESIS_FILE):
+            raise NodeError(f"{home / GENESIS_FILE}: already there; init without --genesis")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NodeError(f"{home}: cannot make the home: {exc.strerror}") from exc
+    # checked before it is written, e.g. the --listen and --assembler addresses
+    write_config(home, role, listen, assemblers=assemblers)
     key = create_node_key(home / KEY_FILE)
     if genesis is not None:
-        shutil.copyfile(genesis, home / GENESIS_FILE)
-    write_config(home, role, listen, assemblers=assemblers)
+        try:
+            shutil.copyfile(genesis, home / GENESIS_FILE)
+        except OSError as exc:
+            raise NodeError(f"{home / GENESIS_FILE}: cannot copy {genesis}: {exc}") from exc
     print(f"{role} {key.node_id.hex()} initialised in {home}")
     print(f"public key {key.public_key.hex()}")
     if genesis is None:
@@ -113,7 +120,7 @@ def _init(
 
 
 def _status(address: str | None, home: Path | None, role: str, as_json: bool) -> int:
-    """Print what the node at ``address`` (or serving from ``home``) says of itself. [NODE.8]"""
+    """Print what the node at ``address`` (or serving from ``home``) says of itself. [NODE.9]"""
     if address is None:
         if home is None:
             raise NodeError("status needs the node's HOST:PORT or --home DIR")

@@ -45,7 +45,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         self.journal = journal
         """Where signed commitments are kept across restarts ([NODE.1]); none: memory only."""
         self.activity = activity or Activity(core.backend.info.name)
-        """What ``Status`` reports ([NODE.8])."""
+        """What ``Status`` reports ([NODE.9])."""
         self.peers: Callable[[], list[pb.PeerStatus]] = list
         """The assemblers this node announces itself to, as ``Status`` reports them."""
 
@@ -65,7 +65,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         )
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.NodeStatus:
-        """Return what this node did lately and the assemblers it announces to. [NODE.8]"""
+        """Return what this node did lately and the assemblers it announces to. [NODE.9]"""
         return self.activity.to_pb(self.GetInfo(pb.NodeInfoRequest(), context), self.peers())
 
     def Execute(
@@ -141,7 +141,7 @@ class VerifierService(pb_grpc.VerifierServicer):
         self.journal = journal
         """Where signed votes are kept across restarts ([NODE.1]); none: memory only."""
         self.activity = activity or Activity(backend_name)
-        """What ``Status`` reports ([NODE.8])."""
+        """What ``Status`` reports ([NODE.9])."""
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 

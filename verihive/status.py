@@ -1,5 +1,5 @@
 """What a node did lately, for ``status``: calls in flight, counts by event and the recent
-events (request id, verdict or outcome). [NODE.8]
+events (request id, verdict or outcome). [NODE.9]
 
 Every service keeps one :class:`Activity`; its ``Status`` RPC answers with
 :meth:`Activity.to_pb` and the role's own peers. Nothing here is signed or trusted by anyone:

@@ -1,5 +1,5 @@
 """Each kind of node killed with SIGKILL in the middle of a request, then restarted, on a
-7-process testnet (tiny model). [NODE.1], [NODE.7]
+7-process testnet (tiny model). [NODE.1], [NODE.8]
 
 A node started with ``VERIHIVE_FAILPOINT`` kills itself at that point of a request (after signing,
 before the journal; after the journal, before the answer leaves; for the assembler, after
