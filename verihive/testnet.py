@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -61,10 +62,38 @@ class Node:
 
 
 def get_free_port(host: str) -> int:
-    """Return a port nobody listens on now (a testnet picks its ports once, at init)."""
-    with socket.socket() as s:
+    """Return a port nobody listens on now, outside the kernel's ephemeral range.
+
+    A testnet picks its ports once, at init, and binds them at ``up``: a port from the
+    ephemeral range could meanwhile be taken as the local end of some outgoing connection
+    (every gRPC channel makes some), so ports are drawn from below that range.
+    """
+    low, _ = _ephemeral_range()
+    ports = list(range(PORT_FLOOR, max(low, PORT_FLOOR + 1)))
+    random.SystemRandom().shuffle(ports)
+    for port in ports[:200]:
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything tried is taken: let the kernel choose
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+PORT_FLOOR = 20000
+"""The lowest port a testnet takes (well above the registered services people run)."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """Return the kernel's range for outgoing connections' local ports (Linux default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def init_testnet(

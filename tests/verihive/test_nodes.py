@@ -24,11 +24,13 @@ from bft.assembler import AssemblerPolicy
 from bft.crypto import SigningKey
 from bft.join import (
     DEFAULT_STAMP_BITS,
+    LEAVE_WINDOW_MS,
     JoinRequest,
     compute_stamp,
     compute_stamp_digest,
     get_stamp_bits,
     sign_join,
+    sign_leave,
 )
 from bft.types import ModelId
 from bft.validators import make_genesis
@@ -247,6 +249,38 @@ def test_testnet_nodes_answer_health_reflection_and_requests(running, capsys):
     assert all(len(e["request_id"]) == 32 for e in certified)  # 16 bytes, hex
 
 
+def test_status_of_each_role_names_its_peers_load_and_recent_verdicts(running, capsys):
+    """[NODE.9]: after the first test's request, each node tells what it did with it."""
+    capsys.readouterr()
+    assembler = running["assembler"]
+    assert nodecli.assembler_main(["status", assembler.address, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["role"] == "assembler" and data["in_flight"] == 0
+    assert data["counts"]["certified"] >= 1 and data["uptime_s"] > 0
+    keys = {n.name: load_node_key(n.home / "node_key").public_key.hex() for n in running.values()}
+    peers = {(p["role"], p["public_key"], p["source"], p["state"]) for p in data["peers"]}
+    assert peers == {
+        *(("executor", keys[f"executor-{i}"], "config", "routed") for i in range(2)),
+        *(("verifier", keys[f"verifier-{i}"], "genesis", "validator") for i in range(4)),
+    }
+    certified = data["recent"][0]
+    assert certified["event"] == "certified" and len(certified["request_id"]) == 32
+    # The same request, seen by a verifier of its committee and by the executor that ran it.
+    assert verify_main(["status", "--home", str(running["verifier-0"].home), "--json"]) == 0
+    verifier = json.loads(capsys.readouterr().out)
+    assert verifier["counts"]["accept"] >= 1
+    assert {"event": "accept", "request_id": certified["request_id"]}.items() <= next(
+        e for e in verifier["recent"] if e["request_id"] == certified["request_id"]
+    ).items()
+    assert nodecli.executor_main(["status", "--home", str(running["executor-0"].home)]) == 0
+    table = capsys.readouterr().out
+    assert f"public_key         {keys['executor-0']}" in table
+    assert "tokens/s" in table and "executed 1" in table
+    assert certified["request_id"][:12] in table  # in the recent list
+    assert nodecli.executor_main(["status", "--home", str(running["assembler"].home / "x")]) == 2
+    assert "not serving" in capsys.readouterr().err
+
+
 def test_metrics_of_every_node_pass_promtool(running):
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -359,3 +393,71 @@ def test_third_executor_joins_a_running_network_and_serves(running, tmp_path, ca
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_executor_announces_itself_and_leaves_on_sigterm(running, tmp_path, capsys):
+    """[JOIN.3], [JOIN.4]: an executor whose config names the assembler joins it when it
+    serves and again every announce_s; a signed leave stops routing to it, a replayed or stale
+    one is refused; SIGTERM leaves before the node stops."""
+    assembler = running["assembler"].address
+    home = tmp_path / "executor-3"
+    genesis = running["assembler"].home.parent / "genesis.json"
+    listen = f"127.0.0.1:{testnet.get_free_port('127.0.0.1')}"
+    init = ["init", "--home", str(home), "--listen", listen, "--genesis", str(genesis)]
+    assert nodecli.executor_main([*init, "--assembler", assembler]) == 0
+    node = testnet.Node("executor-3", home, "executor", listen)
+    proc = testnet.start_node(node, {"VERIHIVE_EXECUTOR_ANNOUNCE_S": "1"})
+    key = load_node_key(home / "node_key")
+    try:
+        testnet.wait_until_serving(node, proc, 120)
+        joined = _wait_for_peer(assembler, key.public_key.hex(), present=True)
+        assert joined["source"] == "joined" and joined["state"] == "routed"
+        assert joined["tokens_per_second"] > 0  # measured when it started [JOIN.1]
+        capsys.readouterr()
+        result = _infer(assembler, capsys)  # executors 0-2 are gone: only this one is left
+        attempts = result["attempts"]
+        assert isinstance(attempts, list) and attempts[-1]["outcome"] == "certified"
+        assert attempts[-1]["executor"] == key.node_id.hex()
+        channel = make_channel(assembler)
+        try:
+            stub = pb_grpc.AssemblerStub(channel)
+            now_ms = time.time_ns() // 1_000_000
+            leave = convert.leave_to_pb(sign_leave(key, "verihive-testnet", now_ms))
+            reply = stub.Leave(leave, timeout=10)
+            assert reply.accepted and reply.reason == "left"
+            _wait_for_peer(assembler, key.public_key.hex(), present=True)  # announced again
+            reply = stub.Leave(leave, timeout=10)
+            assert not reply.accepted and "replayed" in reply.reason
+            stale = sign_leave(key, "verihive-testnet", now_ms - LEAVE_WINDOW_MS - 60_000)
+            reply = stub.Leave(convert.leave_to_pb(stale), timeout=10)
+            assert not reply.accepted and "stale" in reply.reason
+            stranger = sign_leave(SigningKey.generate(), "verihive-testnet", now_ms + 1)
+            reply = stub.Leave(convert.leave_to_pb(stranger), timeout=10)
+            assert not reply.accepted and "not routed to" in reply.reason
+        finally:
+            channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        _wait_for_peer(assembler, key.public_key.hex(), present=False)  # it left on the way out
+        assert "leave 127.0.0.1" in (home / "node.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_peer(assembler: str, public_key: str, present: bool) -> dict[str, object]:
+    """Return the assembler's peer entry for ``public_key`` once it is there (or gone)."""
+    channel = make_channel(assembler)
+    try:
+        stub = pb_grpc.AssemblerStub(channel)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = nodecli.status_to_dict(assembler, stub.Status(pb.StatusRequest(), timeout=10))
+            found = [p for p in status["peers"] if p["public_key"] == public_key]
+            if bool(found) == present:
+                return found[0] if found else {}
+            time.sleep(0.2)
+    finally:
+        channel.close()
+    raise AssertionError(f"{public_key[:16]} still {'absent' if present else 'present'}")
