@@ -12,6 +12,7 @@ modes), so that logs and machine-readable output stay clean. [MODEL.4]
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import modeling_gguf_pytorch_utils as gguf_utils
 from transformers.utils import logging as hf_logging
 
 from bft.encoding import Canonical
@@ -52,9 +54,14 @@ def _progress_bars() -> Iterator[None]:
     show = _progress["enabled"] and sys.stderr.isatty()
     was = hf_logging.is_progress_bar_enabled()
     (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    # The GGUF conversion calls tqdm itself, past transformers' switch: silence it here.
+    gguf_tqdm = gguf_utils.tqdm
+    if not show:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
+        gguf_utils.tqdm = gguf_tqdm
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
