@@ -24,8 +24,9 @@ from typing import Any
 import grpc
 
 from bft.assembler import AssemblerPolicy
+from bft.crypto import compute_node_id
 from bft.errors import ProtocolError
-from bft.types import ModelId
+from bft.types import ModelId, PublicKey
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import testnet
@@ -150,6 +151,7 @@ def status_to_dict(address: str, status: pb.NodeStatus) -> dict[str, Any]:
     return {
         "address": address,
         "role": info.role,
+        "node_id": _node_id(info.public_key),
         "public_key": info.public_key.hex(),
         "network_id": info.network_id,
         "model": status.model,
@@ -163,6 +165,7 @@ def status_to_dict(address: str, status: pb.NodeStatus) -> dict[str, Any]:
             {
                 "role": p.role,
                 "address": p.address,
+                "node_id": _node_id(p.public_key),
                 "public_key": p.public_key.hex(),
                 "source": p.source,
                 "state": p.state,
@@ -185,10 +188,8 @@ def status_to_dict(address: str, status: pb.NodeStatus) -> dict[str, Any]:
 
 def format_status(data: dict[str, Any]) -> str:
     """Return ``data`` (of :func:`status_to_dict`) as tables for a terminal."""
-    lines = [
-        f"{k:18s} {data[k]}"
-        for k in ("address", "role", "public_key", "network_id", "model", "backend")
-    ]
+    keys = ("address", "role", "node_id", "public_key", "network_id", "model", "backend")
+    lines = [f"{k:18s} {data[k]}" for k in keys if data[k]]
     lines.append(f"{'uptime':18s} {data['uptime_s']:.0f} s")
     lines.append(f"{'in flight':18s} {data['in_flight']}")
     if data["tokens_per_second"]:
@@ -198,10 +199,10 @@ def format_status(data: dict[str, Any]) -> str:
     if data["peers"]:
         lines += ["", f"peers ({len(data['peers'])})"]
         for p in data["peers"]:
-            key = p["public_key"][:16] or "-"
+            key = p["node_id"][:12] or "-"
             tps = f"{p['tokens_per_second']} tok/s" if p["tokens_per_second"] else ""
             lines.append(
-                f"  {p['role']:9s} {p['address']:22s} {key:16s} {p['source']:9s} "
+                f"  {p['role']:9s} {p['address']:22s} {key:12s} {p['source']:9s} "
                 f"{p['state']} {tps}".rstrip()
             )
     if data["recent"]:
@@ -210,6 +211,11 @@ def format_status(data: dict[str, Any]) -> str:
             rid = e["request_id"][:12] or "-"
             lines.append(f"  {e['time']}  {rid:12s}  {e['event']:11s} {e['detail']}".rstrip())
     return "\n".join(lines)
+
+
+def _node_id(public_key: bytes) -> str:
+    """Return the hex node id of ``public_key`` (as ``bft-infer`` names nodes), or ""."""
+    return compute_node_id(PublicKey(public_key)).hex() if public_key else ""
 
 
 def _served_address(home: Path) -> str:

@@ -250,9 +250,10 @@ def test_testnet_nodes_answer_health_reflection_and_requests(running, capsys):
 
 
 def test_status_of_each_role_names_its_peers_load_and_recent_verdicts(running, capsys):
-    """[NODE.9]: after the first test's request, each node tells what it did with it."""
+    """[NODE.9]: after a request, each node tells what it did with it."""
     capsys.readouterr()
     assembler = running["assembler"]
+    assert _infer(assembler.address, capsys)["accepted"] is True
     assert nodecli.assembler_main(["status", assembler.address, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["role"] == "assembler" and data["in_flight"] == 0
@@ -275,7 +276,7 @@ def test_status_of_each_role_names_its_peers_load_and_recent_verdicts(running, c
     assert nodecli.executor_main(["status", "--home", str(running["executor-0"].home)]) == 0
     table = capsys.readouterr().out
     assert f"public_key         {keys['executor-0']}" in table
-    assert "tokens/s" in table and "executed 1" in table
+    assert "tokens/s" in table and "executed " in table
     assert certified["request_id"][:12] in table  # in the recent list
     assert nodecli.executor_main(["status", "--home", str(running["assembler"].home / "x")]) == 2
     assert "not serving" in capsys.readouterr().err
