@@ -39,7 +39,7 @@ from bft.attempt import (
 )
 from bft.attempt import AttemptResult as MachineAttempt
 from bft.crypto import SigningKey, compute_node_id
-from bft.errors import Ignore, Malformed, ProtocolError, Reject, Unavailable
+from bft.errors import BadSignature, Ignore, Malformed, ProtocolError, Reject, Unavailable
 from bft.join import DEFAULT_STAMP_BITS, JoinRequest, LeaveRequest, check_join, check_leave
 from bft.limits import MAX_TOKENS
 from bft.messages import InferenceRequest, SamplingParams, Vote
@@ -449,6 +449,32 @@ def record_metrics(attempts: Sequence[AttemptResult], accepted: bool, seconds: f
         metrics.PENALTIES.inc(len(a.penalties))
 
 
+REFUSALS = (
+    ("is not a", "not-an-executor"),
+    ("another network", "network"),
+    ("model", "model"),
+    ("stamp", "stamp"),
+    ("tombstoned", "tombstoned"),
+    ("validator key", "validator"),
+    ("cannot be reached", "unreachable"),
+    ("another key", "wrong-key"),
+    ("stale", "stale"),
+    ("replayed", "replayed"),
+    ("not routed to", "not-routed"),
+)
+"""What a refusal's message says, and the ``reason`` label it is counted under ([NODE.4])."""
+
+
+def _refused(exc: ProtocolError) -> pb.JoinResponse:
+    """Count a refused join or leave by reason; return the answer that says why."""
+    if isinstance(exc, BadSignature):
+        reason = "signature"
+    else:
+        reason = next((code for text, code in REFUSALS if text in str(exc)), "other")
+    metrics.JOINS.labels(outcome="refused", reason=reason).inc()
+    return pb.JoinResponse(accepted=False, reason=f"{type(exc).__name__}: {exc}")
+
+
 def _node(key: PublicKey) -> str:
     return short_hex(compute_node_id(key))
 
@@ -475,20 +501,30 @@ class AssemblerService(pb_grpc.AssemblerServicer):
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         """Stop routing to an executor that asks, or say why not. [JOIN.3]"""
-        leave = convert.leave_from_pb(request)  # Malformed: INVALID_ARGUMENT
+        try:
+            leave = convert.leave_from_pb(request)  # Malformed: INVALID_ARGUMENT
+        except Malformed:
+            metrics.JOINS.labels(outcome="malformed", reason="malformed").inc()
+            raise
         try:
             done = self.node.process_leave(leave)
         except ProtocolError as exc:
-            return pb.JoinResponse(accepted=False, reason=f"{type(exc).__name__}: {exc}")
+            return _refused(exc)
+        metrics.JOINS.labels(outcome=done, reason="none").inc()
         return pb.JoinResponse(accepted=True, reason=done)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         """Route to a new executor, or say why not. [JOIN.1], [JOIN.2]"""
-        join = convert.join_from_pb(request)  # Malformed: INVALID_ARGUMENT
+        try:
+            join = convert.join_from_pb(request)  # Malformed: INVALID_ARGUMENT
+        except Malformed:
+            metrics.JOINS.labels(outcome="malformed", reason="malformed").inc()
+            raise
         try:
             done = self.node.process_join(join)
         except ProtocolError as exc:
-            return pb.JoinResponse(accepted=False, reason=f"{type(exc).__name__}: {exc}")
+            return _refused(exc)
+        metrics.JOINS.labels(outcome=done, reason="none").inc()
         return pb.JoinResponse(accepted=True, reason=done)
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:

@@ -30,6 +30,11 @@ VOTES = Counter(
 )
 EXECUTIONS = Counter("verihive_executions", "Commitments this executor answered Execute with")
 OPENED_BYTES = Counter("verihive_opened_bytes", "Bytes of openings this executor served")
+JOINS = Counter(
+    "verihive_joins",
+    "Joins and leaves this assembler answered, by outcome and why a refused one was refused",
+    ["outcome", "reason"],
+)
 MODEL_LOAD_SECONDS = Gauge("verihive_model_load_seconds", "Time this node took to load its model")
 
 

@@ -91,9 +91,7 @@ def run_node_command(args: argparse.Namespace, role: str) -> int:
         return 2
 
 
-def _init(
-    home: Path, role: str, listen: str, genesis: Path | None, assemblers: list[str]
-) -> int:
+def _init(home: Path, role: str, listen: str, genesis: Path | None, assemblers: list[str]) -> int:
     """Write a new home; where any of its files is there, refuse and write nothing. [NODE.7]"""
     if (home / CONFIG_FILE).exists() or (home / KEY_FILE).exists():
         raise NodeError(f"{home}: already a node home (config.toml or node_key present)")
@@ -317,9 +315,11 @@ def testnet_main(argv: list[str] | None = None) -> int:
     i.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
     i.add_argument("--network-id", default="verihive-testnet")
     i.add_argument("--f", type=int, default=1, help="tolerated faulty verifiers")
+    i.add_argument("--json", action="store_true", help="print the nodes as JSON")
     u = sub.add_parser("up", help="start every node, wait until each answers")
     u.add_argument("dir", type=Path)
     u.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per node")
+    u.add_argument("--json", action="store_true", help="print the nodes as JSON")
     d = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
     d.add_argument("dir", type=Path)
     args = p.parse_args(argv)
@@ -328,12 +328,19 @@ def testnet_main(argv: list[str] | None = None) -> int:
             policy = AssemblerPolicy(args.network_id, f=args.f)
             counts = (args.verifiers, args.executors)
             nodes = testnet.init_testnet(args.out, *counts, args.model, policy)
-            for n in nodes:
-                print(f"{n.name:12s} {n.address:22s} {n.home}")
-            print(f"next: bft-testnet up {args.out}")
+            if args.json:
+                print(_nodes_json(nodes))
+            else:
+                for n in nodes:
+                    print(f"{n.name:12s} {n.address:22s} {n.home}")
+                print(f"next: bft-testnet up {args.out}")
         elif args.command == "up":
-            for n in testnet.up(args.dir, args.timeout):
-                print(f"{n.name:12s} {n.role:9s} {n.address}")
+            nodes = testnet.up(args.dir, args.timeout)
+            if args.json:
+                print(_nodes_json(nodes))
+            else:
+                for n in nodes:
+                    print(f"{n.name:12s} {n.role:9s} {n.address}")
         else:
             for name in testnet.down(args.dir):
                 print(f"stopped {name}")
@@ -341,6 +348,14 @@ def testnet_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _nodes_json(nodes: list[testnet.Node]) -> str:
+    """Return ``nodes`` as a JSON list: name, role, address and home of each."""
+    rows = [
+        {"name": n.name, "role": n.role, "address": n.address, "home": str(n.home)} for n in nodes
+    ]
+    return json.dumps(rows, indent=2)
 
 
 def serve_main(argv: list[str] | None = None) -> int:

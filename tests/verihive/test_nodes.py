@@ -188,6 +188,17 @@ def _reflected_services(address: str) -> set[str]:
         channel.close()
 
 
+def test_testnet_init_prints_json_nodes_with_ports_below_the_ephemeral_range(tmp_path, capsys):
+    out = tmp_path / "net"
+    assert nodecli.testnet_main(["init", "--out", str(out), "--model", "tiny", "--json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)
+    assert [n["role"] for n in nodes] == ["verifier"] * 4 + ["executor"] * 2 + ["assembler"]
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [int(n["address"].rpartition(":")[2]) for n in nodes]
+    assert len(set(ports)) == 7 and all(testnet.PORT_FLOOR <= p < max(low, 20001) for p in ports)
+    assert all(load_config(Path(n["home"])).node.listen == n["address"] for n in nodes)
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, testnet.Node]]:
     """A 7-process testnet of the tiny model, up for this module's tests."""
@@ -354,6 +365,11 @@ def test_invalid_joins_are_refused_with_a_reason(running):
         with pytest.raises(grpc.RpcError) as info:  # malformed: no signature at all
             stub.Join(pb.JoinRequest(network_id="verihive-testnet"), timeout=10)
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # [NODE.4]: joins refused, by reason
+        exposition = _metrics(running["assembler"])
+        for why in ("unreachable", "wrong-key", "stamp"):
+            assert _sample(exposition, "verihive_joins_total", outcome="refused", reason=why) == 1
+        assert _sample(exposition, "verihive_joins_total", outcome="malformed") == 1
     finally:
         channel.close()
 
