@@ -207,12 +207,14 @@ class AssemblerNode:
             self.deadlines,
         )
         run = _GrpcRun(self, machine, executors)
-        result = run.drive()
+        with self.activity.serving():
+            result = run.drive()
         attempts = [run.attempt_of(r) for r in result.attempts]
         for a in attempts:
-            rid = a.tally.request.request_id if a.tally else None
+            rid = a.request.request_id if a.request is not None else b""
             extra = {"request_id": rid, "peer": a.executor.address}
             log.info("attempt %s %s", a.outcome.value, a.reason, extra=extra)
+            self.activity.record(a.outcome.value, rid, f"{a.executor.address} {a.reason}".strip())
         if result.output_tokens is None:
             return "", attempts
         out = list(result.output_tokens)
@@ -535,11 +537,7 @@ class AssemblerService(pb_grpc.AssemblerServicer):
             if request.HasField("sampling")
             else SamplingParams()
         )
-        with self.node.activity.serving():
-            text, attempts = self.node.infer(request.prompt, sampling)
-        for a in attempts:
-            rid = a.request.request_id if a.request is not None else b""
-            self.node.activity.record(a.outcome.value, rid, f"{a.executor.address} {a.reason}")
+        text, attempts = self.node.infer(request.prompt, sampling)
         accepted = any(a.outcome is Outcome.CERTIFIED for a in attempts)
         if accepted:
             failpoints.reach("assembler.certified")

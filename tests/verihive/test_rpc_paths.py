@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
+from bft.crypto import SigningKey
+from bft.join import sign_leave
 from bft.limits import MAX_OPENINGS
 from bft.messages import SamplingParams, Verdict, Vote
 from proto import convert
@@ -22,7 +25,12 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from simnet.localnet import local_faults
 from verihive.assembler import AttemptResult
-from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
+from verihive.localnet import (
+    DEFAULT_NETWORK_ID,
+    LocalNetConfig,
+    LocalNetwork,
+    start_local_network,
+)
 from verihive.rpc import make_channel
 
 
@@ -211,3 +219,39 @@ def test_invalid_confirm_of_another_networks_accusation(net, attempts):
     code = refused(net.verifier_addresses[2], "Verifier", "Confirm", message)
     assert code is grpc.StatusCode.FAILED_PRECONDITION  # [CONFIRM.2]: about something else
     test_confirm_of_a_real_accusation(net, attempts)  # still serving
+
+
+# --- Assembler: Leave and Status [JOIN.3], [NODE.9]
+
+
+def test_invalid_leave_malformed_forged_or_unknown(net):
+    assembler = net.assembler_address
+    assert refused(assembler, "Assembler", "Leave", pb.LeaveRequest()) is (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    key = SigningKey.generate()
+    leave = sign_leave(key, DEFAULT_NETWORK_ID, time.time_ns() // 1_000_000)
+    short = dataclasses.replace(leave, signature=leave.signature[:10])
+    code = refused(assembler, "Assembler", "Leave", convert.leave_to_pb(short))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    # Someone else's key on a leave they signed: no proof of possession.
+    victim = net.assembler.executors[0].public_key
+    forged = dataclasses.replace(leave, public_key=victim)
+    reply = call(assembler, "Assembler", "Leave", convert.leave_to_pb(forged))
+    assert not reply.accepted and reply.reason.startswith("BadSignature")
+    assert any(p.public_key == victim for p in net.assembler.routed_executors())
+    reply = call(assembler, "Assembler", "Leave", convert.leave_to_pb(leave))
+    assert not reply.accepted and "not routed to" in reply.reason
+
+
+def test_status_of_every_node_after_bad_calls(net, attempts):
+    for service, addresses in (
+        ("Executor", net.executor_addresses),
+        ("Verifier", net.verifier_addresses),
+        ("Assembler", [net.assembler_address]),
+    ):
+        for address in addresses:
+            status = call(address, service, "Status", pb.StatusRequest())
+            assert status.info.role == service.lower() and status.in_flight == 0
+    assembler = call(net.assembler_address, "Assembler", "Status", pb.StatusRequest())
+    assert assembler.counts["rejected"] >= 1 and assembler.counts["certified"] >= 1
