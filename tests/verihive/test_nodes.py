@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ from verihive.node import (
     write_config,
     write_genesis,
 )
-from verihive.rpc import is_healthy, make_channel
+from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, is_healthy, make_channel
 
 # --- keys
 
@@ -478,3 +479,71 @@ def _wait_for_peer(assembler: str, public_key: str, present: bool) -> dict[str, 
     finally:
         channel.close()
     raise AssertionError(f"{public_key[:16]} still {'absent' if present else 'present'}")
+
+
+def _refuses_new_calls(address: str) -> bool:
+    """Return whether a new call to ``address`` fails within 10 s."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        channel = make_channel(address)
+        try:
+            pb_grpc.ExecutorStub(channel).Status(pb.StatusRequest(), timeout=2)
+        except grpc.RpcError:
+            return True
+        finally:
+            channel.close()
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(running, tmp_path):
+    """[NODE.2]: SIGTERM reports NOT_SERVING, takes no new calls and lets those in flight end."""
+    home = tmp_path / "executor-4"
+    genesis = running["assembler"].home.parent / "genesis.json"
+    listen = f"127.0.0.1:{testnet.get_free_port('127.0.0.1')}"
+    init = ["init", "--home", str(home), "--listen", listen, "--genesis", str(genesis)]
+    assert nodecli.executor_main(init) == 0
+    node = testnet.Node("executor-4", home, "executor", listen)
+    proc = testnet.start_node(node)
+    try:
+        testnet.wait_until_serving(node, proc, 120)
+        channel = make_channel(running["assembler"].address, MAX_OPEN_MESSAGE_BYTES)
+        try:
+            reply = pb_grpc.AssemblerStub(channel).Infer(
+                pb.InferRequest(prompt="Hello?"), timeout=INFER_TIMEOUT_S
+            )
+        finally:
+            channel.close()
+        # Every executor of the testnet is gone by now: the attempts still carry the request.
+        assert reply.attempts[-1].HasField("request")
+        request = reply.attempts[-1].request  # a request of this network, made longer
+        request.sampling.max_new_tokens = 1024  # long enough to be caught in flight
+        request.sampling.stop_at_eos = False
+        answers: list[object] = []
+        channel = make_channel(listen, MAX_OPEN_MESSAGE_BYTES)
+        stub = pb_grpc.ExecutorStub(channel)
+
+        def execute() -> None:
+            try:
+                answers.append(stub.Execute(pb.ExecuteRequest(request=request), timeout=120))
+            except grpc.RpcError as exc:
+                answers.append(exc)
+
+        worker = threading.Thread(target=execute)
+        worker.start()
+        while stub.Status(pb.StatusRequest(), timeout=10).in_flight == 0:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        while is_healthy(listen):  # NOT_SERVING at once, while the call runs on
+            time.sleep(0.01)
+        assert _refuses_new_calls(listen)
+        worker.join(timeout=120)
+        channel.close()
+        (answer,) = answers
+        assert isinstance(answer, pb.ExecuteResponse), answer  # the call in flight finished
+        assert len(answer.commitment.commitment.tokens) == len(request.prompt_tokens) + 1024
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
