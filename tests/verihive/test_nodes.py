@@ -458,10 +458,39 @@ def test_executor_announces_itself_and_leaves_on_sigterm(running, tmp_path, caps
         assert proc.wait(timeout=60) == 0
         _wait_for_peer(assembler, key.public_key.hex(), present=False)  # it left on the way out
         assert "leave 127.0.0.1" in (home / "node.log").read_text()
+        # Restarted, it joins again by itself; killed outright (no leave), it stays routed until
+        # its join expires, and joins again when restarted.
+        proc = testnet.start_node(node, {"VERIHIVE_EXECUTOR_ANNOUNCE_S": "1"})
+        testnet.wait_until_serving(node, proc, 120)
+        _wait_for_peer(assembler, key.public_key.hex(), present=True)
+        proc.kill()
+        proc.wait()
+        assert _wait_for_peer(assembler, key.public_key.hex(), present=True)["state"] == "routed"
+        proc = testnet.start_node(node, {"VERIHIVE_EXECUTOR_ANNOUNCE_S": "1"})
+        testnet.wait_until_serving(node, proc, 120)
+        assert nodecli.executor_main(["status", "--home", str(home), "--json"]) == 0
+        capsys.readouterr()
+        assert _wait_for_announcement(home, "re-joined")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _wait_for_announcement(home: Path, state: str) -> bool:
+    """Return whether the executor of ``home`` reports ``state`` for its assembler within 60 s."""
+    address = (home / "address").read_text().strip()
+    channel = make_channel(address)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = pb_grpc.ExecutorStub(channel).Status(pb.StatusRequest(), timeout=10)
+            if any(p.state == state for p in status.peers):
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        channel.close()
 
 
 def _wait_for_peer(assembler: str, public_key: str, present: bool) -> dict[str, object]:
