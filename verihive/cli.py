@@ -25,6 +25,7 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from simnet.executors import MODES
 from simnet.verifiers import VERIFIER_MODES
+from verihive.entry import command
 from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
 from verihive.rpc import (
     INFER_TIMEOUT_S,
@@ -163,6 +164,7 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command
 def infer_main(argv: list[str] | None = None) -> int:
     """Run ``bft-infer``: one verified request on an embedded loopback network."""
     p = argparse.ArgumentParser(
@@ -468,6 +470,7 @@ def _check_slash_file(path: Path, model: str) -> int:
     return 0
 
 
+@command
 def verify_main(argv: list[str] | None = None) -> int:
     """Run ``bft-verify``: offline checks (receipt, audit, slash) and the validator node."""
     p = argparse.ArgumentParser(prog="bft-verify", description="verihive validator tools")

@@ -30,6 +30,7 @@ from bft.types import ModelId, PublicKey
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import testnet
+from verihive.entry import command
 from verihive.membership import make_join, send_join, send_leave
 from verihive.node import (
     CONFIG_FILE,
@@ -294,16 +295,19 @@ def _leave(home: Path, assembler: str) -> int:
     return 0 if reply.accepted else 1
 
 
+@command
 def executor_main(argv: list[str] | None = None) -> int:
     """Run ``bft-executor``."""
     return _role_main("executor", argv)
 
 
+@command
 def assembler_main(argv: list[str] | None = None) -> int:
     """Run ``bft-assembler``."""
     return _role_main("assembler", argv)
 
 
+@command
 def testnet_main(argv: list[str] | None = None) -> int:
     """Run ``bft-testnet``: a whole network on this machine, one process per node. [NODE.3]"""
     p = argparse.ArgumentParser(prog="bft-testnet", description=testnet_main.__doc__)
@@ -358,6 +362,7 @@ def _nodes_json(nodes: list[testnet.Node]) -> str:
     return json.dumps(rows, indent=2)
 
 
+@command
 def serve_main(argv: list[str] | None = None) -> int:
     """``python -m verihive.nodecli serve --home DIR``: serve whatever role the home names."""
     p = argparse.ArgumentParser(prog="verihive.nodecli")
