@@ -187,6 +187,8 @@ def cmd_measure(requests_path: str, proofs_path: str, out_path: str, dtype: str)
 
 
 NETWORK = "crosskernel"
+ORDERING_SEED = hashlib.sha256(b"crosskernel-assembler").digest()
+"""Seed of the key this bench orders its executor's work with, as an assembler does [ADMIT.1]."""
 HELD_OUT_PROMPTS = [
     "Name two rivers in Africa and the seas they flow into.",
     "Write a limerick about a cat who learns to code.",
@@ -220,11 +222,14 @@ def cmd_executor(seed: str) -> None:
     from verihive.rpc import make_server
     from verihive.services import ExecutorService
 
+    ORDERING_KEY = SigningKey.from_seed(ORDERING_SEED)
+
     loaded = load_smollm2()
     key = SigningKey.from_seed(hashlib.sha256(f"{NETWORK}-executor-{seed}".encode()).digest())
     core = ExecutorCore(key, TorchBackend(loaded.model), loaded.model_id, NETWORK)
     server = make_server(max_workers=4)
-    pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core), server)
+    admitted = frozenset({ORDERING_KEY.public_key})  # this bench orders its own requests
+    pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core, admitted=admitted), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)
@@ -240,6 +245,7 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
 
     from bench.detection import Harness
     from bft.assembler import AssemblerPolicy
+    from bft.crypto import SigningKey
     from bft.errors import Unavailable
     from bft.messages import OpeningResponse, SamplingParams
     from bft.types import PublicKey
@@ -254,6 +260,9 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
         OPEN_TIMEOUT_S,
         make_channel,
     )
+    from verihive.work import make_execute
+
+    ORDERING_KEY = SigningKey.from_seed(ORDERING_SEED)
 
     # Every verifier draws the whole-sequence check (q = 1): all four checks on every run.
     policy = AssemblerPolicy(NETWORK, sequence_check_ppm=1_000_000)
@@ -272,9 +281,7 @@ def cmd_verify(address: str, runs: int, out_path: str, seed: str, label: str) ->
         )
         rid = hashlib.sha256(f"{NETWORK}-{seed}-{label}-{i}".encode()).digest()[:16]
         request = h.request(i, sampling, request_id=rid)
-        raw = stub.Execute(
-            pb.ExecuteRequest(request=convert.request_to_pb(request)), timeout=EXECUTE_TIMEOUT_S
-        )
+        raw = stub.Execute(make_execute(ORDERING_KEY, request), timeout=EXECUTE_TIMEOUT_S)
         signed = convert.commitment_from_pb(raw.commitment)
 
         def fetch(session: Session, digest: bytes = signed.digest) -> OpeningResponse:

@@ -38,8 +38,9 @@ from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import testnet
-from verihive.node import load_genesis
+from verihive.node import load_genesis, load_node_key
 from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
+from verihive.work import make_execute
 
 TOPICS = ("the sea", "a lighthouse", "bread", "rain", "a violin", "trains", "bees", "snow")
 
@@ -106,6 +107,7 @@ def main() -> None:
         nodes = {n.name: n for n in testnet.up(out)}
         try:
             _, _, validators = load_genesis(out / "genesis.json")
+            assembler_key = load_node_key(out / "assembler" / "node_key")
             channel = make_channel(nodes["assembler"].address, MAX_OPEN_MESSAGE_BYTES)
             assembler = pb_grpc.AssemblerStub(channel)
             executors = [
@@ -133,7 +135,7 @@ def main() -> None:
                 request = compute_request(
                     policy, os.urandom(16), loaded.model_id, tokens, sampling, validators.vset
                 )
-                message = pb.ExecuteRequest(request=convert.request_to_pb(request))
+                message = make_execute(assembler_key, request)  # as the assembler orders it
                 executors[i % 2].Execute(message, timeout=INFER_TIMEOUT_S)
 
             verified(10_000)  # warm both paths once (first-call allocations)

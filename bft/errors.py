@@ -21,6 +21,10 @@ class BadSignature(ProtocolError):
     """A signature does not verify under the key the message names."""
 
 
+class NotAdmitted(ProtocolError):
+    """The caller is not one this node works for (not an admitted assembler). [ADMIT.1]"""
+
+
 class Reject(ProtocolError):
     """Provable misbehaviour by the sender (wrong root, wrong computation, equivocation)."""
 

@@ -230,6 +230,7 @@ class VerifierCore:
         ``fetch`` raises :class:`ProtocolError` when the openings cannot be had: that is an
         UNAVAILABLE vote. The loop runs at most twice (the base and the escalated challenge).
         """
+        signed.check()  # before any lookup: nothing cached answers an unsigned call [ADMIT.2]
         known = self.recall(request, signed)
         if known is not None:
             return known

@@ -29,6 +29,7 @@ from bft.messages import (
     Verdict,
     Vote,
 )
+from bft.orders import Order
 from bft.receipt import Receipt
 from bft.types import Digest, ModelId, PublicKey, Signature
 from bft.validators import Endorsement, SignedValidatorSet, Validator, ValidatorSet
@@ -547,3 +548,15 @@ def leave_from_pb(m: pb.LeaveRequest) -> LeaveRequest:
     )
     j.validate()
     return j
+
+
+def order_to_pb(o: Order) -> pb.Order:
+    """Return ``o`` as protobuf."""
+    return pb.Order(assembler_key=o.assembler_key, signature=o.signature)
+
+
+def order_from_pb(m: pb.Order) -> Order:
+    """Return the validated order of ``m``; ``Malformed`` when it is not one. [ADMIT.1]"""
+    o = Order(PublicKey(m.assembler_key), Signature(m.signature))
+    o.validate()
+    return o

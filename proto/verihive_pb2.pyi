@@ -823,18 +823,22 @@ class ConfirmRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCUSATION_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accusation(self) -> Global___Vote:
         """a REJECT vote with evidence"""
 
+    @_builtins.property
+    def order(self) -> Global___Order: ...
     def __init__(
         self,
         *,
         accusation: Global___Vote | None = ...,
+        order: Global___Order | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation", "order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accusation", b"accusation", "order", b"order"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -888,20 +892,48 @@ class NodeInfo(_message.Message):
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
 
 @_typing.final
+class Order(_message.Message):
+    """An admitted assembler's signature on the work it asks for. [ADMIT.1]"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSEMBLER_KEY_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    assembler_key: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        assembler_key: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assembler_key", b"assembler_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Order: _TypeAlias = Order  # noqa: Y015
+
+@_typing.final
 class ExecuteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def request(self) -> Global___InferenceRequest: ...
+    @_builtins.property
+    def order(self) -> Global___Order: ...
     def __init__(
         self,
         *,
         request: Global___InferenceRequest | None = ...,
+        order: Global___Order | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -934,22 +966,26 @@ class VerifyRequest(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     COMMITMENT_FIELD_NUMBER: _builtins.int
     EXECUTOR_ADDRESS_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
     executor_address: _builtins.str
     """where the verifier fetches openings"""
     @_builtins.property
     def request(self) -> Global___InferenceRequest: ...
     @_builtins.property
     def commitment(self) -> Global___SignedCommitment: ...
+    @_builtins.property
+    def order(self) -> Global___Order: ...
     def __init__(
         self,
         *,
         request: Global___InferenceRequest | None = ...,
         commitment: Global___SignedCommitment | None = ...,
         executor_address: _builtins.str = ...,
+        order: Global___Order | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "request", b"request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "order", b"order", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "executor_address", b"executor_address", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "executor_address", b"executor_address", "order", b"order", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -58,6 +58,11 @@ def make_key(label: str) -> SigningKey:
     return SigningKey.from_seed(sha256(label.encode()))
 
 
+ASSEMBLER_KEY = make_key("assembler")
+"""The key of the assembler the test nodes admit ([ADMIT.1])."""
+ADMITTED = frozenset({ASSEMBLER_KEY.public_key})
+
+
 @functools.cache
 def get_tiny() -> tuple[LoadedModel, TorchBackend]:
     """Return the tiny seeded model (4 layers, hidden 64) and a torch backend over it."""

@@ -57,6 +57,7 @@ from verihive.rpc import (
     make_channel,
 )
 from verihive.status import Activity
+from verihive.work import make_confirm, make_execute, make_verify
 
 log = logging.getLogger(__name__)
 
@@ -375,11 +376,10 @@ class _GrpcRun:
         channel = self.node._channels[address]
         event: Event
         try:
+            key = self.node.key
             if isinstance(action, Execute):
-                reply = pb_grpc.ExecutorStub(channel).Execute(
-                    pb.ExecuteRequest(request=convert.request_to_pb(action.request)),
-                    timeout=action.timeout_s,
-                )
+                run = make_execute(key, action.request)
+                reply = pb_grpc.ExecutorStub(channel).Execute(run, timeout=action.timeout_s)
                 try:
                     signed = convert.commitment_from_pb(reply.commitment)
                 except ProtocolError as exc:
@@ -387,15 +387,11 @@ class _GrpcRun:
                 else:
                     event = CommitmentReceived(action.call, signed)
             elif isinstance(action, Verify):
-                ask = pb.VerifyRequest(
-                    request=convert.request_to_pb(action.request),
-                    commitment=convert.commitment_to_pb(action.signed),
-                    executor_address=action.executor.address,
-                )
+                ask = make_verify(key, action.request, action.signed, action.executor.address)
                 answer = pb_grpc.VerifierStub(channel).Verify(ask, timeout=action.timeout_s)
                 event = VoteReceived(action.call, convert.vote_from_pb(answer))
             else:
-                confirm = pb.ConfirmRequest(accusation=convert.vote_to_pb(action.accusation))
+                confirm = make_confirm(key, action.request, action.signed, action.accusation)
                 reply = pb_grpc.VerifierStub(channel).Confirm(confirm, timeout=action.timeout_s)
                 event = ConfirmationReceived(action.call, convert.confirmation_from_pb(reply))
         except grpc.RpcError as exc:

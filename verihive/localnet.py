@@ -151,6 +151,8 @@ def start_local_network(
     servers: list[grpc.Server] = []
     verifier_services: list[VerifierService] = []
     executor_services: list[ExecutorService] = []
+    assembler_key = SigningKey.generate()
+    admitted = frozenset({assembler_key.public_key})  # [ADMIT.1]
     try:
         executor_addresses = []
         for i in range(config.num_executors):
@@ -165,7 +167,7 @@ def start_local_network(
             batcher = None
             if core.backend is exec_backend and isinstance(exec_backend, BatchingBackend):
                 batcher = ExecutionBatcher(core)  # concurrent requests, one GPU batch [EXEC.8]
-            executor_service = ExecutorService(core, batcher)
+            executor_service = ExecutorService(core, batcher, admitted=admitted)
             executor_services.append(executor_service)
             pb_grpc.add_ExecutorServicer_to_server(executor_service, server)
             servers.append(server)
@@ -186,7 +188,7 @@ def start_local_network(
             if i == 0 and faults.verifier is not None:
                 cores = faults.verifier(vcore)
             for vc in cores:
-                service = VerifierService(vc, backend.info.name)
+                service = VerifierService(vc, backend.info.name, admitted=admitted)
                 server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
                 pb_grpc.add_VerifierServicer_to_server(service, server)
                 servers.append(server)
@@ -201,7 +203,7 @@ def start_local_network(
             for a in verifier_addresses
         ]
         node = AssemblerNode(
-            SigningKey.generate(),
+            assembler_key,
             policy,
             loaded.model_id,
             loaded.tokenizer,

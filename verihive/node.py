@@ -41,10 +41,12 @@ from bft.limits import (
     MAX_LAYERS,
     MAX_NETWORK_ID_BYTES,
     MAX_TOKENS,
+    MAX_VALIDATORS,
     PPM,
     is_valid_network_id,
 )
 from bft.thresholds import load_thresholds
+from bft.types import PUBLIC_KEY_SIZE, PublicKey
 from bft.validators import SignedValidatorSet, check_validator_set
 from bft.verifier import VerifierCore
 from executor.backend import DTYPES, TorchBackend
@@ -517,12 +519,18 @@ join_ttl_s = {DEFAULT_JOIN_TTL_S:g}
 
 
 def write_genesis(
-    path: Path, policy: AssemblerPolicy, model: str, validators: SignedValidatorSet
+    path: Path,
+    policy: AssemblerPolicy,
+    model: str,
+    validators: SignedValidatorSet,
+    assemblers: Sequence[PublicKey],
 ) -> None:
-    """Write the network's genesis file: its id, policy, model and signed validator set."""
+    """Write the network's genesis file: its id, policy, model, admitted assemblers and signed
+    validator set."""
     data = {
         "network_id": policy.network_id,
         "model": model,
+        "assemblers": [bytes(k).hex() for k in assemblers],
         "join_stamp_bits": DEFAULT_STAMP_BITS,
         "policy": asdict(policy),
         "validator_set": json_format.MessageToDict(convert.validator_set_to_pb(validators)),
@@ -532,7 +540,7 @@ def write_genesis(
 
 def load_genesis(path: Path) -> tuple[AssemblerPolicy, str, SignedValidatorSet]:
     """Return the policy, model name and checked genesis set in ``path`` ([VSET.3], [NODE.7])."""
-    policy, model, validators, _ = _load_genesis(path)
+    policy, model, validators, _, _ = _load_genesis(path)
     return policy, model, validators
 
 
@@ -544,7 +552,17 @@ def load_join_stamp_bits(path: Path) -> int:
     return _load_genesis(path)[3]
 
 
-GENESIS_KEYS = frozenset({"network_id", "model", "join_stamp_bits", "policy", "validator_set"})
+def load_admitted(path: Path) -> frozenset[PublicKey]:
+    """Return the keys of the assemblers the genesis in ``path`` admits ([ADMIT.1]).
+
+    The whole genesis is checked, as :func:`load_genesis` checks it.
+    """
+    return _load_genesis(path)[4]
+
+
+GENESIS_KEYS = frozenset(
+    {"network_id", "model", "assemblers", "join_stamp_bits", "policy", "validator_set"}
+)
 """Top-level keys of a genesis file; all but ``join_stamp_bits`` are required."""
 POLICY_RANGES = {
     "f": (0, MAX_F),
@@ -556,7 +574,9 @@ POLICY_RANGES = {
 """Bounds of the genesis policy's integers, as :meth:`InferenceRequest.validate` checks them."""
 
 
-def _load_genesis(path: Path) -> tuple[AssemblerPolicy, str, SignedValidatorSet, int]:
+def _load_genesis(
+    path: Path,
+) -> tuple[AssemblerPolicy, str, SignedValidatorSet, int, frozenset[PublicKey]]:
     """Return everything ``path`` holds, checked; :class:`NodeError` names the file and key."""
     text = _read_text(path, "genesis file", GENESIS_MAX_BYTES, "no genesis file")
     try:
@@ -592,7 +612,26 @@ def _load_genesis(path: Path) -> tuple[AssemblerPolicy, str, SignedValidatorSet,
             f"{path}: policy.f: f={policy.f} needs a committee of {committee} validators; "
             f"the validator set has {len(validators.vset.validators)}"
         )
-    return policy, model, validators, bits
+    assemblers = _parse_assemblers(path, data["assemblers"])
+    return policy, model, validators, bits, assemblers
+
+
+def _parse_assemblers(path: Path, value: object) -> frozenset[PublicKey]:
+    """Return the admitted assemblers' keys: 1..MAX_VALIDATORS distinct 64-digit hex keys."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_VALIDATORS:
+        raise NodeError(f"{path}: assemblers: must be a list of 1..{MAX_VALIDATORS} public keys")
+    keys = set()
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or len(item) != 2 * PUBLIC_KEY_SIZE:
+            raise NodeError(f"{path}: assemblers[{i}]: must be {2 * PUBLIC_KEY_SIZE} hex digits")
+        try:
+            key = PublicKey(bytes.fromhex(item))
+        except ValueError as exc:
+            raise NodeError(f"{path}: assemblers[{i}]: not hex") from exc
+        if key in keys:
+            raise NodeError(f"{path}: assemblers[{i}]: listed twice")
+        keys.add(key)
+    return frozenset(keys)
 
 
 def _parse_policy(path: Path, value: object) -> AssemblerPolicy:
@@ -680,6 +719,7 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
     config = load_config(home)
     key = load_node_key(home / config.node.key_file)
     policy, model, validators = load_genesis(home / config.network.genesis)
+    admitted = load_admitted(home / config.network.genesis)  # [ADMIT.1]
     try:
         failpoint = failpoints.check_failpoint()
     except ValueError as exc:
@@ -713,14 +753,16 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
             policy.network_id,
             load_thresholds(),
         )
-        verifier = VerifierService(core, info.name, journal, activity)
+        verifier = VerifierService(core, info.name, journal, activity, admitted=admitted)
         closers.append(verifier.close)
         pb_grpc.add_VerifierServicer_to_server(verifier, server)
     elif role == "executor":
         ex = config.executor
         backend = TorchBackend(loaded.model, device=ex.device, dtype=DTYPES[ex.dtype])
         executor = ExecutorCore(key, backend, loaded.model_id, policy.network_id, ex.chunk_size)
-        service = ExecutorService(executor, journal=journal, activity=activity)
+        service = ExecutorService(
+            executor, journal=journal, activity=activity, admitted=admitted
+        )
         activity.tokens_per_second = measure_throughput(backend)  # [JOIN.1]
         log.info("measured %.1f tokens/s", activity.tokens_per_second)
         closers.append(service.close)

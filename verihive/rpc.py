@@ -20,6 +20,7 @@ from bft.errors import (
     DeadlineExceeded,
     Ignore,
     Malformed,
+    NotAdmitted,
     NotFound,
     ProtocolError,
     Reject,
@@ -49,6 +50,7 @@ RPC_ERRORS = Counter(
 _STATUS: tuple[tuple[type[ProtocolError], grpc.StatusCode], ...] = (
     (Malformed, grpc.StatusCode.INVALID_ARGUMENT),
     (BadSignature, grpc.StatusCode.UNAUTHENTICATED),
+    (NotAdmitted, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Reject, grpc.StatusCode.FAILED_PRECONDITION),
     (Ignore, grpc.StatusCode.ABORTED),

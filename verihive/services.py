@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 import grpc
 
 from bft.errors import CannotJudge, Malformed, NotFound, Unavailable
 from bft.limits import MAX_OPENINGS
 from bft.messages import InferenceRequest, OpeningResponse, SignedCommitment, Vote
-from bft.types import DIGEST_SIZE, Digest
+from bft.orders import Subject, Work, check_order
+from bft.types import DIGEST_SIZE, Digest, PublicKey
 from bft.verifier import Session, VerifierCore
 from executor.batching import ExecutionBatcher
 from executor.core import ExecutorCore
@@ -39,8 +40,12 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         batcher: ExecutionBatcher | None = None,
         journal: Journal | None = None,
         activity: Activity | None = None,
+        *,
+        admitted: Set[PublicKey],
     ) -> None:
         self.core = core
+        self.admitted = admitted
+        """The assemblers whose orders this node executes ([ADMIT.1])."""
         self.batcher = batcher
         self.journal = journal
         """Where signed commitments are kept across restarts ([NODE.1]); none: memory only."""
@@ -75,6 +80,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if not request.HasField("request"):
             raise Malformed("ExecuteRequest.request is missing")
         inference = convert.request_from_pb(request.request)
+        order = convert.order_from_pb(request.order) if request.HasField("order") else None
+        subject = Subject(self.core.network_id, Work.EXECUTE, inference.digest())
+        check_order(order, subject, self.admitted)  # before any lookup or work [ADMIT.2]
         with self.activity.serving():
             signed = self.recall(inference.digest())
             event = "recalled"
@@ -135,8 +143,12 @@ class VerifierService(pb_grpc.VerifierServicer):
         backend_name: str,
         journal: Journal | None = None,
         activity: Activity | None = None,
+        *,
+        admitted: Set[PublicKey],
     ) -> None:
         self.core = core
+        self.admitted = admitted
+        """The assemblers whose orders this node verifies and confirms for ([ADMIT.1])."""
         self.backend_name = backend_name
         self.journal = journal
         """Where signed votes are kept across restarts ([NODE.1]); none: memory only."""
@@ -168,6 +180,16 @@ class VerifierService(pb_grpc.VerifierServicer):
             raise Malformed("VerifyRequest needs request and commitment")
         req = convert.request_from_pb(request.request)
         signed = convert.commitment_from_pb(request.commitment)
+        order = convert.order_from_pb(request.order) if request.HasField("order") else None
+        subject = Subject(
+            self.core.network_id,
+            Work.VERIFY,
+            req.digest(),
+            signed.digest,
+            request.executor_address,
+        )
+        check_order(order, subject, self.admitted)  # before any lookup or work [ADMIT.2]
+        signed.check()  # so is the executor's signature: a cached vote never answers a forgery
         with self.activity.serving():
             vote = self._vote(req, signed, request.executor_address)
         detail = vote.evidence.check.value if vote.evidence is not None else vote.reason
@@ -215,6 +237,15 @@ class VerifierService(pb_grpc.VerifierServicer):
         if accusation.evidence is None:
             raise Malformed("only a REJECT vote with evidence can be confirmed")
         ev = accusation.evidence
+        order = convert.order_from_pb(request.order) if request.HasField("order") else None
+        subject = Subject(
+            self.core.network_id,
+            Work.CONFIRM,
+            ev.request.digest(),
+            ev.signed.digest,
+            accusation_digest=accusation.signing_root(),
+        )
+        check_order(order, subject, self.admitted)  # before any model work [ADMIT.2]
         with self.activity.serving():
             conf = self.core.confirm(ev.request, ev.signed, accusation)
         if conf is None:

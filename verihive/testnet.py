@@ -129,7 +129,8 @@ def init_testnet(
         n.home.mkdir()
         keys[n.name] = create_node_key(n.home / KEY_FILE)
     genesis = make_genesis(policy.network_id, [keys[n.name] for n in nodes if n.role == "verifier"])
-    write_genesis(out / GENESIS_FILE, policy, model, genesis)
+    assemblers = [keys[n.name].public_key for n in nodes if n.role == "assembler"]
+    write_genesis(out / GENESIS_FILE, policy, model, genesis, assemblers)
     peers = {r: [listen[m.name] for m in nodes if m.role == r] for r in ("executor", "verifier")}
     for n in nodes:
         is_assembler = n.role == "assembler"

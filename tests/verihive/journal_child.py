@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bft.errors import Unavailable
 from proto import verihive_pb2_grpc as pb_grpc
-from tests.support import get_network
+from tests.support import ADMITTED, get_network
 from verihive.journal import Journal
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
 from verihive.services import ExecutorService, VerifierService
@@ -44,7 +44,9 @@ def main() -> None:
                 raise Unavailable("this process must answer from its journal")
 
             core.execute_fresh = refuse  # type: ignore[method-assign,assignment]
-        pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core, journal=journal), server)
+        pb_grpc.add_ExecutorServicer_to_server(
+            ExecutorService(core, journal=journal, admitted=ADMITTED), server
+        )
     else:
         verifier = net.verifiers[net.validators[args.validator]]
         if args.no_verify:
@@ -53,7 +55,9 @@ def main() -> None:
                 raise Unavailable("this process must answer from its journal")
 
             verifier.run = refuse_run  # type: ignore[method-assign,assignment]
-        service = VerifierService(verifier, net.backend.info.name, journal=journal)
+        service = VerifierService(
+            verifier, net.backend.info.name, journal=journal, admitted=ADMITTED
+        )
         pb_grpc.add_VerifierServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

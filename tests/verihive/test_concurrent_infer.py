@@ -35,6 +35,7 @@ from proto import verihive_pb2_grpc as pb_grpc
 from tests.support import run_together
 from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
+from verihive.work import make_execute
 
 INFERS = 32
 EXECUTES = 8
@@ -145,7 +146,7 @@ def test_concurrent_infer_calls_are_certified_with_witnesses_that_recompute(tiny
             SAMPLING,
             node.validator_set.vset,
         )
-        message = pb.ExecuteRequest(request=convert.request_to_pb(request))
+        message = make_execute(node.key, request)
         with make_channel(net.executor_addresses[0]) as channel:
             executor = pb_grpc.ExecutorStub(channel)
 

@@ -25,10 +25,11 @@ from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
-from tests.support import NETWORK_ID, get_network, resign_vote
+from tests.support import ADMITTED, ASSEMBLER_KEY, NETWORK_ID, get_network, resign_vote
 from verihive.journal import Journal, JournalError
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel, make_server
 from verihive.services import ExecutorService, VerifierService
+from verihive.work import make_execute, make_verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ def serving(service: ExecutorService) -> Iterator[str]:
 
 def execute(service: ExecutorService, request_id: bytes) -> pb.ExecuteResponse:
     request = get_network().request(request_id=request_id)
-    return service.Execute(pb.ExecuteRequest(request=convert.request_to_pb(request)), None)  # type: ignore[arg-type]
+    return service.Execute(make_execute(ASSEMBLER_KEY, request), None)  # type: ignore[arg-type]
 
 
 # --- the journal itself
@@ -130,9 +131,9 @@ def test_invalid_tampered_record_is_refused(tmp_path):
 def test_executor_answers_a_repeat_after_a_restart_from_its_journal(tmp_path):
     net = get_network()
     path = tmp_path / "executor.db"
-    first = ExecutorService(net.executor, journal=Journal(path))
+    first = ExecutorService(net.executor, journal=Journal(path), admitted=ADMITTED)
     before = execute(first, b"\x65" * 16)
-    restarted = ExecutorService(fresh_executor(), journal=Journal(path))
+    restarted = ExecutorService(fresh_executor(), journal=Journal(path), admitted=ADMITTED)
     after = execute(restarted, b"\x65" * 16)
     assert after.SerializeToString() == before.SerializeToString()
     # The restarted executor opens it: the tree is recomputed from the committed tokens.
@@ -146,9 +147,9 @@ def test_executor_answers_a_repeat_after_a_restart_from_its_journal(tmp_path):
 def test_executor_without_a_journal_forgets(tmp_path):
     # The control: the same restart without a journal computes again.
     net = get_network()
-    execute(ExecutorService(net.executor), b"\x66" * 16)
+    execute(ExecutorService(net.executor, admitted=ADMITTED), b"\x66" * 16)
     with pytest.raises(AssertionError, match="executed again"):
-        execute(ExecutorService(fresh_executor()), b"\x66" * 16)
+        execute(ExecutorService(fresh_executor(), admitted=ADMITTED), b"\x66" * 16)
 
 
 def test_verifier_answers_a_repeat_after_a_restart_without_fetching(tmp_path):
@@ -156,25 +157,24 @@ def test_verifier_answers_a_repeat_after_a_restart_without_fetching(tmp_path):
     request = net.request(request_id=b"\x67" * 16)
     signed = net.executor.on_execute(request)
     pk = net.run(request).tally.committee[0]
-    ask = pb.VerifyRequest(
-        request=convert.request_to_pb(request), commitment=convert.commitment_to_pb(signed)
-    )
     path = tmp_path / "verifier.db"
-    with serving(ExecutorService(net.executor)) as address:
-        ask.executor_address = address
-        first = VerifierService(net.verifiers[pk], "torch", journal=Journal(path))
+    with serving(ExecutorService(net.executor, admitted=ADMITTED)) as address:
+        ask = make_verify(ASSEMBLER_KEY, request, signed, address)
+        first = VerifierService(
+            net.verifiers[pk], "torch", journal=Journal(path), admitted=ADMITTED
+        )
         vote = first.Verify(ask, None)  # type: ignore[arg-type]
         first.close()
     assert convert.vote_from_pb(vote).verdict is Verdict.ACCEPT
     # The executor is gone: a verifier that computed again would vote UNAVAILABLE.
-    core = type(net.verifiers[pk])(
-        net.key_of(pk), net.backend, net.lm.model_id, 4, 64, NETWORK_ID
-    )
-    restarted = VerifierService(core, "torch", journal=Journal(path))
+    core = type(net.verifiers[pk])(net.key_of(pk), net.backend, net.lm.model_id, 4, 64, NETWORK_ID)
+    restarted = VerifierService(core, "torch", journal=Journal(path), admitted=ADMITTED)
     again = restarted.Verify(ask, None)  # type: ignore[arg-type]
     assert again.SerializeToString() == vote.SerializeToString()
     forgetful = VerifierService(
-        type(core)(net.key_of(pk), net.backend, net.lm.model_id, 4, 64, NETWORK_ID), "torch"
+        type(core)(net.key_of(pk), net.backend, net.lm.model_id, 4, 64, NETWORK_ID),
+        "torch",
+        admitted=ADMITTED,
     )
     other = convert.vote_from_pb(forgetful.Verify(ask, None))  # type: ignore[arg-type]
     assert other.verdict is Verdict.UNAVAILABLE  # the control: no journal, no executor
@@ -201,7 +201,7 @@ def child(role: str, journal: Path, *flags: str) -> Iterator[str]:
 def test_executor_killed_after_answering_keeps_its_commitment(tmp_path):
     net = get_network()
     request = net.request(request_id=b"\x68" * 16)
-    message = pb.ExecuteRequest(request=convert.request_to_pb(request))
+    message = make_execute(ASSEMBLER_KEY, request)
     path = tmp_path / "executor.db"
     with child("executor", path) as address:
         channel = make_channel(address)
@@ -218,9 +218,7 @@ def test_executor_killed_after_answering_keeps_its_commitment(tmp_path):
         raw = stub.Open(pb.OpenRequest(commitment_digest=signed.digest, tiles=tiles), timeout=120)
         opened = open_tiles(signed, convert.opening_response_from_pb(raw))
         assert set(opened) == {TileRef(0, 0)}
-        other = pb.ExecuteRequest(
-            request=convert.request_to_pb(net.request(request_id=b"\x69" * 16))
-        )
+        other = make_execute(ASSEMBLER_KEY, net.request(request_id=b"\x69" * 16))
         with pytest.raises(grpc.RpcError) as err:  # a new request needs execution: refused
             stub.Execute(other, timeout=120)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -233,12 +231,9 @@ def test_verifier_killed_after_voting_keeps_its_vote(tmp_path):
     signed = net.executor.on_execute(request)
     member = net.run(request).tally.committee[0]
     index = str(net.validators.index(member))
-    ask = pb.VerifyRequest(
-        request=convert.request_to_pb(request), commitment=convert.commitment_to_pb(signed)
-    )
     path = tmp_path / "verifier.db"
-    with serving(ExecutorService(net.executor)) as executor:
-        ask.executor_address = executor
+    with serving(ExecutorService(net.executor, admitted=ADMITTED)) as executor:
+        ask = make_verify(ASSEMBLER_KEY, request, signed, executor)
         with child("verifier", path, "--validator", index) as address:
             channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
             before = pb_grpc.VerifierStub(channel).Verify(ask, timeout=120)

@@ -50,6 +50,7 @@ from verihive.node import (
 NET = "net-a"
 KEYS = [SigningKey.from_seed(bytes([i]) * 32) for i in range(1, 5)]
 OUTSIDER = SigningKey.from_seed(b"\x09" * 32)
+ASSEMBLER = SigningKey.from_seed(b"\x0a" * 32)
 FILES = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -355,7 +356,13 @@ def _genesis_data(network: str = NET, keys: list[SigningKey] = KEYS, f: int = 1)
     """Return a valid genesis as JSON data: ``keys`` endorse a set for ``network``."""
     with tempfile.TemporaryDirectory() as home:
         path = Path(home) / GENESIS_FILE
-        write_genesis(path, AssemblerPolicy(network, f=f), "tiny", make_genesis(network, keys))
+        write_genesis(
+            path,
+            AssemblerPolicy(network, f=f),
+            "tiny",
+            make_genesis(network, keys),
+            [ASSEMBLER.public_key],
+        )
         data: dict[str, Json] = json.loads(path.read_text())
     return data
 
@@ -498,6 +505,18 @@ GENESIS_EDITS: list[tuple[str, Callable[[dict[str, Json]], None], str]] = [
     ("bits-bool", _edit("join_stamp_bits", True), "join_stamp_bits: must be an integer"),
     ("bits-float", _edit("join_stamp_bits", 16.0), "join_stamp_bits: must be an integer"),
     ("bits-string", _edit("join_stamp_bits", "16"), "join_stamp_bits: must be an integer"),
+    # [ADMIT.1] the admitted assemblers
+    ("no-assemblers", _delete("assemblers"), "assemblers: missing"),
+    ("assemblers-empty", _edit("assemblers", []), "assemblers: must be a list of 1..1024"),
+    ("assemblers-string", _edit("assemblers", "ab" * 32), "assemblers: must be a list"),
+    ("assembler-short", _edit("assemblers", ["ab" * 31]), r"assemblers\[0\]: must be 64 hex"),
+    ("assembler-not-hex", _edit("assemblers", ["zz" * 32]), r"assemblers\[0\]: not hex"),
+    ("assembler-number", _edit("assemblers", [7]), r"assemblers\[0\]: must be 64 hex"),
+    (
+        "assembler-twice",
+        _edit("assemblers", [ASSEMBLER.public_key.hex()] * 2),
+        r"assemblers\[1\]: listed twice",
+    ),
 ]
 
 

@@ -44,6 +44,7 @@ from verihive.logs import configure_logging
 from verihive.node import (
     NodeError,
     create_node_key,
+    load_admitted,
     load_config,
     load_genesis,
     load_node_key,
@@ -51,6 +52,7 @@ from verihive.node import (
     write_genesis,
 )
 from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, is_healthy, make_channel
+from verihive.work import make_execute
 
 # --- keys
 
@@ -149,9 +151,11 @@ def test_genesis_round_trip_and_tampering(tmp_path):
     keys = [SigningKey.generate() for _ in range(4)]
     policy = AssemblerPolicy("net-a", f=1)
     path = tmp_path / "genesis.json"
-    write_genesis(path, policy, "tiny", make_genesis("net-a", keys))
+    assembler = SigningKey.generate().public_key
+    write_genesis(path, policy, "tiny", make_genesis("net-a", keys), [assembler])
     loaded_policy, model, validators = load_genesis(path)
     assert (loaded_policy, model, len(validators.vset.validators)) == (policy, "tiny", 4)
+    assert load_admitted(path) == {assembler}  # [ADMIT.1]
     data = json.loads(path.read_text())
     data["validator_set"]["endorsements"] = data["validator_set"]["endorsements"][:2]
     path.write_text(json.dumps(data))
@@ -545,16 +549,19 @@ def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones(running, tm
             channel.close()
         # Every executor of the testnet is gone by now: the attempts still carry the request.
         assert reply.attempts[-1].HasField("request")
-        request = reply.attempts[-1].request  # a request of this network, made longer
-        request.sampling.max_new_tokens = 1024  # long enough to be caught in flight
-        request.sampling.stop_at_eos = False
+        raw = reply.attempts[-1].request  # a request of this network, made longer
+        raw.sampling.max_new_tokens = 1024  # long enough to be caught in flight
+        raw.sampling.stop_at_eos = False
+        assembler_key = load_node_key(running["assembler"].home / "node_key")
+        ask = make_execute(assembler_key, convert.request_from_pb(raw))
+        request = ask.request
         answers: list[object] = []
         channel = make_channel(listen, MAX_OPEN_MESSAGE_BYTES)
         stub = pb_grpc.ExecutorStub(channel)
 
         def execute() -> None:
             try:
-                answers.append(stub.Execute(pb.ExecuteRequest(request=request), timeout=120))
+                answers.append(stub.Execute(ask, timeout=120))
             except grpc.RpcError as exc:
                 answers.append(exc)
 

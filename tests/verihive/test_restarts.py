@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bft.crypto import compute_node_id
+from bft.crypto import SigningKey, compute_node_id
 from bft.types import PublicKey
 from proto import convert
 from proto import verihive_pb2 as pb
@@ -30,6 +30,7 @@ from verihive.cli import infer_main
 from verihive.journal import Journal
 from verihive.node import load_node_key
 from verihive.rpc import INFER_TIMEOUT_S, MAX_OPEN_MESSAGE_BYTES, make_channel
+from verihive.work import make_execute, make_verify
 
 START_S = 120.0
 
@@ -75,6 +76,11 @@ def _infer(node: testnet.Node) -> pb.InferResponse:
         channel.close()
 
 
+def _assembler_key(net: dict[str, testnet.Node]) -> SigningKey:
+    """Return the testnet assembler's key: the tests act as it does ([ADMIT.1])."""
+    return load_node_key(net["assembler"].home / "node_key")
+
+
 def _node_id(node: testnet.Node) -> bytes:
     return bytes(compute_node_id(PublicKey(load_node_key(node.home / "node_key").public_key)))
 
@@ -115,7 +121,8 @@ def test_executor_killed_mid_request_is_replaced_and_remembers_what_left_its_jou
     channel = make_channel(ex0.address, MAX_OPEN_MESSAGE_BYTES)
     try:
         stub = pb_grpc.ExecutorStub(channel)
-        again = stub.Execute(pb.ExecuteRequest(request=failed.request), timeout=60).commitment
+        ask = make_execute(_assembler_key(net), request)
+        again = stub.Execute(ask, timeout=60).commitment
         if kept:  # signed and on disk before the crash: that very commitment [NODE.1]
             kept_bytes = convert.commitment_to_pb(stored[0]).SerializeToString()
             assert again.SerializeToString() == kept_bytes
@@ -157,11 +164,7 @@ def test_verifier_killed_mid_request_leaves_a_quorum_and_keeps_its_vote(net, poi
     _start(v0)
     channel = make_channel(v0.address, MAX_OPEN_MESSAGE_BYTES)
     try:
-        ask = pb.VerifyRequest(
-            request=certified.request,
-            commitment=certified.commitment,
-            executor_address=executor.address,
-        )
+        ask = make_verify(_assembler_key(net), request, signed, executor.address)
         vote = pb_grpc.VerifierStub(channel).Verify(ask, timeout=120)
     finally:
         channel.close()

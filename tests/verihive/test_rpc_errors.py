@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import grpc
@@ -9,13 +10,14 @@ import pytest
 
 from bft.assembler import AssemblerPolicy, compute_request
 from bft.crypto import SigningKey
-from bft.errors import CannotJudge, Malformed, Reject, Unavailable
-from bft.messages import SamplingParams
+from bft.errors import CannotJudge, Malformed, ProtocolError, Reject, Unavailable
+from bft.messages import SamplingParams, SignedCommitment
 from proto import convert
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.localnet import LocalNetConfig, start_local_network
 from verihive.rpc import MAX_MESSAGE_BYTES, compute_status, make_channel
+from verihive.work import make_execute, make_verify
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +51,19 @@ def _raw_call(address: str, method: str, payload: bytes) -> grpc.RpcError | byte
 
 
 def _execute(net, request_pb: pb.InferenceRequest) -> pb.ExecuteResponse:
+    """Send ``Execute`` as the network's assembler would: ordered, when the request parses."""
+    message = pb.ExecuteRequest(request=request_pb)
+    with contextlib.suppress(ProtocolError):  # malformed: refused before its order is read
+        message = make_execute(net.assembler.key, convert.request_from_pb(request_pb))
     channel = make_channel(net.executor_addresses[0])
     try:
-        return pb_grpc.ExecutorStub(channel).Execute(
-            pb.ExecuteRequest(request=request_pb), timeout=60
-        )
+        return pb_grpc.ExecutorStub(channel).Execute(message, timeout=60)
     finally:
         channel.close()
+
+
+def _signed(message: pb.SignedCommitment) -> SignedCommitment:
+    return convert.commitment_from_pb(message)
 
 
 def _code(result: grpc.RpcError | bytes) -> grpc.StatusCode:
@@ -144,20 +152,22 @@ def test_invalid_commitment_signature_is_unauthenticated(net, good_request):
         stub = pb_grpc.VerifierStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.Verify(
-                pb.VerifyRequest(
-                    request=convert.request_to_pb(good_request),
-                    commitment=forged,
-                    executor_address=net.executor_addresses[0],
+                make_verify(
+                    net.assembler.key,
+                    good_request,
+                    _signed(forged),
+                    net.executor_addresses[0],
                 ),
                 timeout=30,
             )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # The verifier keeps serving: the genuine commitment gets a real ACCEPT.
         vote = stub.Verify(
-            pb.VerifyRequest(
-                request=convert.request_to_pb(good_request),
-                commitment=reply.commitment,
-                executor_address=net.executor_addresses[0],
+            make_verify(
+                net.assembler.key,
+                good_request,
+                _signed(reply.commitment),
+                net.executor_addresses[0],
             ),
             timeout=30,
         )
@@ -177,10 +187,11 @@ def test_invalid_commitment_from_stranger_key(net, good_request):
     channel = make_channel(net.verifier_addresses[1])
     try:
         vote = pb_grpc.VerifierStub(channel).Verify(
-            pb.VerifyRequest(
-                request=convert.request_to_pb(good_request),
-                commitment=convert.commitment_to_pb(resigned),
-                executor_address=net.executor_addresses[0],
+            make_verify(
+                net.assembler.key,
+                good_request,
+                _signed(convert.commitment_to_pb(resigned)),
+                net.executor_addresses[0],
             ),
             timeout=30,
         )
@@ -196,10 +207,11 @@ def test_invalid_executor_address(net, good_request):
     try:
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.VerifierStub(channel).Verify(
-                pb.VerifyRequest(
-                    request=convert.request_to_pb(good_request),
-                    commitment=reply.commitment,
-                    executor_address="no-port",
+                make_verify(
+                    net.assembler.key,
+                    good_request,
+                    _signed(reply.commitment),
+                    "no-port",
                 ),
                 timeout=30,
             )

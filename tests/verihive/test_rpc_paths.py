@@ -32,6 +32,7 @@ from verihive.localnet import (
     start_local_network,
 )
 from verihive.rpc import make_channel
+from verihive.work import make_confirm, make_verify
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +117,8 @@ def test_invalid_open(net, attempts, change, needle):
 @pytest.mark.parametrize("missing", ["request", "commitment"])
 def test_invalid_verify_with_a_missing_field(net, attempts, missing):
     _, served = attempts
-    message = pb.VerifyRequest(
-        request=convert.request_to_pb(served.tally.request),
-        commitment=convert.commitment_to_pb(served.tally.signed),
-        executor_address=served.executor.address,
+    message = make_verify(
+        net.assembler.key, served.tally.request, served.tally.signed, served.executor.address
     )
     message.ClearField(missing)
     address = net.verifier_addresses[0]
@@ -152,11 +151,8 @@ def test_verify_pointed_at_an_address_that_hangs_votes_unavailable(net, attempts
     try:
         request = dataclasses.replace(served.tally.request, request_id=b"\x5a" * 16)
         signed = net.executor_services[1].core.on_execute(request)
-        message = pb.VerifyRequest(
-            request=convert.request_to_pb(request),
-            commitment=convert.commitment_to_pb(signed),
-            executor_address=f"127.0.0.1:{hang.getsockname()[1]}",
-        )
+        hanging = f"127.0.0.1:{hang.getsockname()[1]}"
+        message = make_verify(net.assembler.key, request, signed, hanging)
         vote = convert.vote_from_pb(call(net.verifier_addresses[1], "Verifier", "Verify", message))
         assert vote.verdict is Verdict.UNAVAILABLE
         assert "openings not served" in vote.reason
@@ -176,7 +172,7 @@ def test_verify_pointed_at_an_address_that_hangs_votes_unavailable(net, attempts
 def test_confirm_of_a_real_accusation(net, attempts):
     caught, _ = attempts
     acc = accusation(caught)
-    message = pb.ConfirmRequest(accusation=convert.vote_to_pb(acc))
+    message = make_confirm(net.assembler.key, acc.evidence.request, acc.evidence.signed, acc)
     address = net.verifier_addresses[2]
     conf = convert.confirmation_from_pb(call(address, "Verifier", "Confirm", message))
     assert conf.accusation_digest == acc.signing_root()
@@ -197,13 +193,12 @@ def test_invalid_confirm_of_an_accept(net, attempts):
 
 def test_invalid_confirm_of_a_forged_accusation(net, attempts):
     caught, _ = attempts
-    message = convert.vote_to_pb(accusation(caught))
-    sig = bytearray(message.signature)
+    acc = accusation(caught)
+    sig = bytearray(acc.signature)
     sig[0] ^= 0x01
-    message.signature = bytes(sig)
-    code = refused(
-        net.verifier_addresses[2], "Verifier", "Confirm", pb.ConfirmRequest(accusation=message)
-    )
+    forged = dataclasses.replace(acc, signature=bytes(sig))
+    message = make_confirm(net.assembler.key, acc.evidence.request, acc.evidence.signed, forged)
+    code = refused(net.verifier_addresses[2], "Verifier", "Confirm", message)
     assert code is grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -215,7 +210,8 @@ def test_invalid_confirm_of_another_networks_accusation(net, attempts):
     )
     unsigned = dataclasses.replace(acc, network_id="another-network")
     moved = dataclasses.replace(unsigned, signature=member.key.sign(unsigned.signing_root()))
-    message = pb.ConfirmRequest(accusation=convert.vote_to_pb(moved))
+    ev = acc.evidence
+    message = make_confirm(net.assembler.key, ev.request, ev.signed, moved)
     code = refused(net.verifier_addresses[2], "Verifier", "Confirm", message)
     assert code is grpc.StatusCode.FAILED_PRECONDITION  # [CONFIRM.2]: about something else
     test_confirm_of_a_real_accusation(net, attempts)  # still serving
