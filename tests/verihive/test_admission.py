@@ -1,0 +1,201 @@
+"""Admission before work, and checks in a fixed order, over real loopback sockets.
+[ADMIT.1], [ADMIT.2]
+
+Executors and verifiers work only on orders signed by an assembler their network admits; the
+order and every signature are checked before any journal, cache or model work, and a verifier
+dials only the executor address the assembler signed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from bft.crypto import SigningKey
+from bft.messages import SamplingParams, Verdict, Vote
+from proto import convert
+from proto import verihive_pb2 as pb
+from proto import verihive_pb2_grpc as pb_grpc
+from simnet.localnet import local_faults
+from verihive.assembler import AttemptResult
+from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
+from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
+from verihive.work import make_confirm, make_execute, make_verify
+
+STRANGER = SigningKey.from_seed(b"\x5e" * 32)
+
+
+@pytest.fixture(scope="module")
+def net(tiny) -> Iterator[LocalNetwork]:
+    faults = local_faults(executor="tamper-tokens")  # executor 0 lies: real accusations
+    with start_local_network(tiny, LocalNetConfig(), faults=faults) as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def attempts(net) -> tuple[AttemptResult, AttemptResult]:
+    _, found = net.assembler.infer("Hello?", SamplingParams(max_new_tokens=4))
+    caught, served = found
+    assert caught.tally is not None and served.tally is not None
+    return caught, served
+
+
+def call(address: str, service: str, method: str, message: object) -> object:
+    channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
+    try:
+        stub = getattr(pb_grpc, f"{service}Stub")(channel)
+        return getattr(stub, method)(message, timeout=60)
+    finally:
+        channel.close()
+
+
+def refused(address: str, service: str, method: str, message: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(address, service, method, message)
+    return info.value
+
+
+class Listener:
+    """A socket that accepts connections and never answers; counts who came."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except TimeoutError:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for s in self.accepted:
+            s.close()
+        self.sock.close()
+
+
+def test_invalid_verify_ordered_by_a_stranger_dials_nobody(net, attempts):
+    """Finding 1: a stranger's Verify pointed at a socket that never answers used to hold a
+    worker for the whole openings deadline; now it is refused before anything is dialed."""
+    _, served = attempts
+    listener = Listener()
+    service = net.verifier_services[1]
+    votes_before = dict(service.activity.to_pb(pb.NodeInfo()).counts)
+    try:
+        message = make_verify(STRANGER, served.tally.request, served.tally.signed, listener.address)
+        error = refused(net.verifier_addresses[1], "Verifier", "Verify", message)
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "does not admit" in (error.details() or "")
+        assert listener.accepted == []  # never dialed
+    finally:
+        listener.close()
+    assert dict(service.activity.to_pb(pb.NodeInfo()).counts) == votes_before  # no vote
+
+
+def test_invalid_verify_without_an_order(net, attempts):
+    _, served = attempts
+    message = make_verify(
+        net.assembler.key, served.tally.request, served.tally.signed, served.executor.address
+    )
+    message.ClearField("order")
+    error = refused(net.verifier_addresses[0], "Verifier", "Verify", message)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs an order" in (error.details() or "")
+
+
+def test_invalid_order_moved_to_another_executor_address(net, attempts):
+    """An admitted order cannot be re-aimed: the address is part of what the assembler signed."""
+    _, served = attempts
+    listener = Listener()
+    try:
+        message = make_verify(
+            net.assembler.key, served.tally.request, served.tally.signed, served.executor.address
+        )
+        message.executor_address = listener.address
+        error = refused(net.verifier_addresses[2], "Verifier", "Verify", message)
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert listener.accepted == []
+    finally:
+        listener.close()
+
+
+def test_invalid_execute_ordered_by_a_stranger(net, attempts):
+    _, served = attempts
+    service = net.executor_services[1]
+    before = dict(service.activity.to_pb(pb.NodeInfo()).counts)
+    request = dataclasses.replace(served.tally.request, request_id=b"\x71" * 16)
+    error = refused(
+        net.executor_addresses[1], "Executor", "Execute", make_execute(STRANGER, request)
+    )
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert dict(service.activity.to_pb(pb.NodeInfo()).counts) == before  # nothing executed
+    # The admitted assembler's order for the same request is served.
+    reply = call(
+        net.executor_addresses[1], "Executor", "Execute", make_execute(net.assembler.key, request)
+    )
+    assert (
+        convert.commitment_from_pb(reply.commitment).commitment.request_digest == request.digest()
+    )
+
+
+def test_invalid_confirm_ordered_by_a_stranger(net, attempts):
+    caught, _ = attempts
+    assert caught.tally is not None
+    acc: Vote = next(v for v in caught.tally.votes if v.verdict is Verdict.REJECT)
+    assert acc.evidence is not None
+    ev = acc.evidence
+    message = make_confirm(STRANGER, ev.request, ev.signed, acc)
+    error = refused(net.verifier_addresses[3], "Verifier", "Confirm", message)
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    good = make_confirm(net.assembler.key, ev.request, ev.signed, acc)
+    assert call(net.verifier_addresses[3], "Verifier", "Confirm", good)
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        (lambda sig: bytes(64), grpc.StatusCode.UNAUTHENTICATED),
+        (lambda sig: bytes([sig[0] ^ 1]) + sig[1:], grpc.StatusCode.UNAUTHENTICATED),
+        (lambda sig: sig[:63], grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+    ids=["zeroed", "flipped", "short"],
+)
+def test_invalid_commitment_signature_is_refused_even_when_a_vote_is_cached(
+    net, attempts, change, code
+):
+    """Finding 4: a repeat with the commitment's signature zeroed, flipped or cut used to get
+    the cached ACCEPT; the signature is now checked before any cache or journal lookup."""
+    _, served = attempts
+    tally = served.tally
+    member = next(
+        i
+        for i, s in enumerate(net.verifier_services)
+        if s.core.key.public_key in {v.verifier_key for v in tally.votes}
+    )
+    address = net.verifier_addresses[member]
+    good = make_verify(net.assembler.key, tally.request, tally.signed, served.executor.address)
+    cached = call(address, "Verifier", "Verify", good)  # the vote it holds for this commitment
+    forged = pb.VerifyRequest()
+    forged.CopyFrom(good)
+    forged.commitment.signature = change(bytes(good.commitment.signature))
+    assert refused(address, "Verifier", "Verify", forged).code() is code
+    again = call(address, "Verifier", "Verify", good)
+    assert again.SerializeToString() == cached.SerializeToString()
