@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -107,11 +109,17 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         )
 
 
+MAX_QUEUED_PER_WORKER = 8
+"""Calls a server holds (running or waiting) per worker thread. [RPC.6]"""
+
+
 def make_server(max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Server:
     """Return a gRPC server with the error interceptor and explicit message limits."""
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[ErrorMappingInterceptor()],
+        # Calls waiting for a worker are bounded too: beyond, RESOURCE_EXHAUSTED at once.
+        maximum_concurrent_rpcs=MAX_QUEUED_PER_WORKER * max_workers,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", MAX_OPEN_MESSAGE_BYTES),
@@ -182,3 +190,35 @@ def is_healthy(address: str, timeout_s: float = INFO_TIMEOUT_S) -> bool:
         return False
     finally:
         channel.close()
+
+
+class Slots:
+    """At most ``total`` holders at once, and at most ``per_key`` holders per key. Never waits:
+    a call over either bound is refused at once (``Unavailable``), so that a stalled peer costs
+    its few slots and never the node's workers. [RPC.6]"""
+
+    def __init__(self, total: int, per_key: int) -> None:
+        self.total = total
+        self.per_key = per_key
+        self._lock = threading.Lock()
+        self._held = 0
+        self._by_key: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def take(self, key: str) -> Iterator[None]:
+        """Hold one slot for ``key`` while the ``with`` block runs."""
+        with self._lock:
+            if self._held >= self.total:
+                raise Unavailable(f"busy: {self.total} calls in progress")
+            if self._by_key.get(key, 0) >= self.per_key:
+                raise Unavailable(f"busy: {self.per_key} calls in progress for {key}")
+            self._held += 1
+            self._by_key[key] = self._by_key.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
+                self._by_key[key] -= 1
+                if not self._by_key[key]:
+                    del self._by_key[key]  # bounded by the holders, not by keys ever seen

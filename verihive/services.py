@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Set
 
 import grpc
@@ -21,10 +22,24 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import failpoints, metrics
 from verihive.journal import Journal, JournalError
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
+from verihive.rpc import (
+    MAX_OPEN_MESSAGE_BYTES,
+    OPEN_TIMEOUT_S,
+    Slots,
+    check_address,
+    make_channel,
+)
 from verihive.status import Activity
 
 log = logging.getLogger(__name__)
+
+MAX_VERIFIES = 6
+"""Verifications a verifier runs at once; more are refused at once (``UNAVAILABLE``), so that
+the server's other workers stay free for cheap calls (the reference server has 8)."""
+MAX_VERIFIES_PER_EXECUTOR = 3
+"""Of those, at most this many fetch openings from one executor address."""
+MAX_CHANNELS = 64
+"""Channels a verifier keeps open to executors, least recently used closed first."""
 
 
 class ExecutorService(pb_grpc.ExecutorServicer):
@@ -154,8 +169,10 @@ class VerifierService(pb_grpc.VerifierServicer):
         """Where signed votes are kept across restarts ([NODE.1]); none: memory only."""
         self.activity = activity or Activity(backend_name)
         """What ``Status`` reports ([NODE.9])."""
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: OrderedDict[str, grpc.Channel] = OrderedDict()  # least recent first
         self._lock = threading.Lock()
+        self.slots = Slots(MAX_VERIFIES, MAX_VERIFIES_PER_EXECUTOR)
+        """Verifications that may fetch openings at once, in all and per executor address."""
 
     def GetInfo(self, request: pb.NodeInfoRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
         """Return this node's identity and model."""
@@ -205,6 +222,11 @@ class VerifierService(pb_grpc.VerifierServicer):
                     raise JournalError(f"{self.journal.path} holds another key's votes")
                 return self.core.remember(known)
         address = check_address(executor)
+        with self.slots.take(address):  # a stalled executor holds a few slots, never the node
+            return self._verify(req, signed, address)
+
+    def _verify(self, req: InferenceRequest, signed: SignedCommitment, address: str) -> Vote:
+        """Verify ``signed`` with openings from ``address``; journal and count the vote."""
         stub = pb_grpc.ExecutorStub(self._channel(address))
 
         def fetch(session: Session) -> OpeningResponse:
@@ -254,10 +276,16 @@ class VerifierService(pb_grpc.VerifierServicer):
         return convert.confirmation_to_pb(conf)
 
     def _channel(self, address: str) -> grpc.Channel:
+        """Return the channel to ``address``; keep at most :data:`MAX_CHANNELS`, closing the
+        least recently used (at most :data:`MAX_VERIFIES` are in use at any time)."""
         with self._lock:
-            if address not in self._channels:
-                self._channels[address] = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
-            return self._channels[address]
+            channel = self._channels.pop(address, None)
+            if channel is None:
+                channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
+                while len(self._channels) >= MAX_CHANNELS:
+                    self._channels.popitem(last=False)[1].close()
+            self._channels[address] = channel  # now the most recent
+            return channel
 
     def close(self) -> None:
         """Close the channels this service opened."""

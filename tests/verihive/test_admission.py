@@ -1,5 +1,5 @@
-"""Admission before work, and checks in a fixed order, over real loopback sockets.
-[ADMIT.1], [ADMIT.2]
+"""Admission before work, checks in a fixed order and bounded work per peer, over real
+loopback sockets. [ADMIT.1], [ADMIT.2], [RPC.6]
 
 Executors and verifiers work only on orders signed by an assembler their network admits; the
 order and every signature are checked before any journal, cache or model work, and a verifier
@@ -25,6 +25,7 @@ from simnet.localnet import local_faults
 from verihive.assembler import AttemptResult
 from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
+from verihive.services import MAX_VERIFIES_PER_EXECUTOR
 from verihive.work import make_confirm, make_execute, make_verify
 
 STRANGER = SigningKey.from_seed(b"\x5e" * 32)
@@ -199,3 +200,50 @@ def test_invalid_commitment_signature_is_refused_even_when_a_vote_is_cached(
     assert refused(address, "Verifier", "Verify", forged).code() is code
     again = call(address, "Verifier", "Verify", good)
     assert again.SerializeToString() == cached.SerializeToString()
+
+
+def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
+    """[RPC.6]: an admitted executor whose openings never come (a joined stranger stalling on
+    purpose) holds at most MAX_VERIFIES_PER_EXECUTOR of a verifier's slots; more calls for it
+    are refused at once, and the verifier keeps answering cheap calls and verifying others."""
+    _, served = attempts
+    tally = served.tally
+    listener = Listener()
+    service = net.verifier_services[2]
+    service.open_timeout_s = 5.0
+    address = net.verifier_addresses[2]
+    outcomes: list[object] = []
+    try:
+
+        def stalled(i: int) -> None:
+            request = dataclasses.replace(tally.request, request_id=bytes([0x80 + i]) * 16)
+            signed = net.executor_services[1].core.on_execute(request)
+            message = make_verify(net.assembler.key, request, signed, listener.address)
+            try:
+                outcomes.append(call(address, "Verifier", "Verify", message))
+            except grpc.RpcError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=stalled, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        while sum(isinstance(o, grpc.RpcError) for o in outcomes) < 8 - MAX_VERIFIES_PER_EXECUTOR:
+            threading.Event().wait(0.01)  # the refusals come at once; the rest wait on the listener
+        busy = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+        assert all(
+            e.code() is grpc.StatusCode.UNAVAILABLE and "busy" in (e.details() or "") for e in busy
+        )
+        # While the stalled ones wait: a cheap call and a real verification are served.
+        assert call(address, "Verifier", "GetInfo", pb.NodeInfoRequest())
+        good = make_verify(net.assembler.key, tally.request, tally.signed, served.executor.address)
+        vote = convert.vote_from_pb(call(address, "Verifier", "Verify", good))
+        assert vote.verdict is Verdict.ACCEPT  # the honest executor's commitment
+        assert len(outcomes) == 8 - MAX_VERIFIES_PER_EXECUTOR  # those still wait
+        for t in threads:
+            t.join()
+        stalled_votes = [convert.vote_from_pb(o) for o in outcomes if isinstance(o, pb.Vote)]
+        assert len(stalled_votes) == MAX_VERIFIES_PER_EXECUTOR
+        assert all(v.verdict is Verdict.UNAVAILABLE for v in stalled_votes)
+    finally:
+        service.open_timeout_s = type(service).open_timeout_s
+        listener.close()
