@@ -26,7 +26,7 @@ from executor.model import LoadedModel
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
-from verihive.services import ExecutorService, VerifierService
+from verihive.services import VERIFIER_WORKERS, ExecutorService, VerifierService
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def start_local_network(
                 cores = faults.verifier(vcore)
             for vc in cores:
                 service = VerifierService(vc, backend.info.name, admitted=admitted)
-                server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
+                server = make_server(VERIFIER_WORKERS, MAX_OPEN_MESSAGE_BYTES)
                 pb_grpc.add_VerifierServicer_to_server(service, server)
                 servers.append(server)
                 verifier_services.append(service)

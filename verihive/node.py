@@ -71,7 +71,7 @@ from verihive.rpc import (
     make_server,
     set_serving,
 )
-from verihive.services import ExecutorService, VerifierService
+from verihive.services import VERIFIER_WORKERS, ExecutorService, VerifierService
 from verihive.status import Activity
 
 log = logging.getLogger(__name__)
@@ -736,7 +736,8 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
     if config.node.metrics:
         _write_atomically(home / "metrics_address", metrics.serve_metrics(config.node.metrics))
     journal = Journal(home / config.node.journal) if config.node.journal else None
-    server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
+    workers = VERIFIER_WORKERS if config.node.role == "verifier" else 8
+    server = make_server(max_workers=workers, max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
     closers: list[Callable[[], None]] = []
     activity = Activity(loaded.name)
     announcer: Announcer | None = None

@@ -33,11 +33,15 @@ from verihive.status import Activity
 
 log = logging.getLogger(__name__)
 
-MAX_VERIFIES = 6
-"""Verifications a verifier runs at once; more are refused at once (``UNAVAILABLE``), so that
-the server's other workers stay free for cheap calls (the reference server has 8)."""
-MAX_VERIFIES_PER_EXECUTOR = 3
-"""Of those, at most this many fetch openings from one executor address."""
+MAX_VERIFIES_PER_EXECUTOR = 8
+"""Verifications that fetch openings from one executor address at once: the concurrency an
+assembler's requests to one executor reach (its server has 8 workers)."""
+MAX_VERIFIES = 2 * MAX_VERIFIES_PER_EXECUTOR
+"""Verifications a verifier runs at once; more are refused at once (``UNAVAILABLE``). Twice the
+per-executor bound: an executor that stalls its openings leaves half for the others."""
+VERIFIER_WORKERS = MAX_VERIFIES + 4
+"""Worker threads of a verifier's server: the verifications, and 4 that are always free for
+``GetInfo``, ``Status``, health checks and ``Confirm``."""
 MAX_CHANNELS = 64
 """Channels a verifier keeps open to executors, least recently used closed first."""
 

@@ -216,7 +216,7 @@ def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
     try:
 
         def stalled(i: int) -> None:
-            request = dataclasses.replace(tally.request, request_id=bytes([0x80 + i]) * 16)
+            request = dataclasses.replace(tally.request, request_id=bytes([0x40 + i]) * 16)
             signed = net.executor_services[1].core.on_execute(request)
             message = make_verify(net.assembler.key, request, signed, listener.address)
             try:
@@ -224,10 +224,13 @@ def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
             except grpc.RpcError as exc:
                 outcomes.append(exc)
 
-        threads = [threading.Thread(target=stalled, args=(i,)) for i in range(8)]
+        stalls = 2 * MAX_VERIFIES_PER_EXECUTOR
+        threads = [threading.Thread(target=stalled, args=(i,)) for i in range(stalls)]
         for t in threads:
             t.start()
-        while sum(isinstance(o, grpc.RpcError) for o in outcomes) < 8 - MAX_VERIFIES_PER_EXECUTOR:
+        while (
+            sum(isinstance(o, grpc.RpcError) for o in outcomes) < stalls - MAX_VERIFIES_PER_EXECUTOR
+        ):
             threading.Event().wait(0.01)  # the refusals come at once; the rest wait on the listener
         busy = [o for o in outcomes if isinstance(o, grpc.RpcError)]
         assert all(
@@ -238,7 +241,7 @@ def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
         good = make_verify(net.assembler.key, tally.request, tally.signed, served.executor.address)
         vote = convert.vote_from_pb(call(address, "Verifier", "Verify", good))
         assert vote.verdict is Verdict.ACCEPT  # the honest executor's commitment
-        assert len(outcomes) == 8 - MAX_VERIFIES_PER_EXECUTOR  # those still wait
+        assert len(outcomes) == stalls - MAX_VERIFIES_PER_EXECUTOR  # the others still wait
         for t in threads:
             t.join()
         stalled_votes = [convert.vote_from_pb(o) for o in outcomes if isinstance(o, pb.Vote)]
