@@ -40,7 +40,14 @@ from bft.attempt import (
 from bft.attempt import AttemptResult as MachineAttempt
 from bft.crypto import SigningKey, compute_node_id
 from bft.errors import BadSignature, Ignore, Malformed, ProtocolError, Reject, Unavailable
-from bft.join import DEFAULT_STAMP_BITS, JoinRequest, LeaveRequest, check_join, check_leave
+from bft.join import (
+    DEFAULT_STAMP_BITS,
+    LEAVE_WINDOW_MS,
+    JoinRequest,
+    LeaveRequest,
+    check_join,
+    check_leave,
+)
 from bft.limits import MAX_TOKENS
 from bft.messages import InferenceRequest, SamplingParams, Vote
 from bft.types import ModelId, NodeId, PublicKey, short_hex
@@ -62,6 +69,8 @@ from verihive.work import make_confirm, make_execute, make_verify
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 64_000
+MAX_JOINED = 256
+"""Joined executors an assembler routes to at most; more joins are refused until some expire."""
 DEFAULT_JOIN_TTL_S = 600.0
 """How long a join holds without being renewed, in seconds ([JOIN.2]; executors that announce
 themselves renew theirs every minute by default)."""
@@ -240,10 +249,16 @@ class AssemblerNode:
         if peer.public_key != join.public_key:
             raise Reject(f"{join.address} answers with another key")
         with self._peers_lock:
+            self._prune(time.monotonic())
             known = [p for p in self.executors if p.public_key == join.public_key]
+            if not known and len(self.joined) >= MAX_JOINED:
+                raise Unavailable(f"this assembler routes to {MAX_JOINED} joined executors already")
             self.executors = [p for p in self.executors if p.public_key != join.public_key]
             self.executors.append(peer)
             self.joined[peer.public_key] = Joined(join, time.monotonic())
+            for old in known:
+                if old.address != peer.address:
+                    self._forget_channel(old.address)
             if peer.address not in self._channels:
                 self._channels[peer.address] = make_channel(peer.address)
         log.info("executor joined", extra={"peer": peer.address})
@@ -258,10 +273,35 @@ class AssemblerNode:
             if not any(p.public_key == leave.public_key for p in self.executors):
                 raise Reject("this key is not routed to")
             self._left_at_ms[leave.public_key] = leave.issued_at_ms
+            gone = [p for p in self.executors if p.public_key == leave.public_key]
             self.executors = [p for p in self.executors if p.public_key != leave.public_key]
             self.joined.pop(leave.public_key, None)
+            for old in gone:
+                self._forget_channel(old.address)
         log.info("executor left", extra={"peer": short_hex(compute_node_id(leave.public_key))})
         return "left"
+
+    def _prune(self, now: float) -> None:
+        """Forget joined executors silent for ``join_ttl_s`` and leaves too old to be replayed
+        (call with ``_peers_lock`` held): both stay bounded by what is live. [JOIN.2]"""
+        expired = {k for k, j in self.joined.items() if now - j.seen >= self.join_ttl_s}
+        gone = [p for p in self.executors if p.public_key in expired]
+        self.executors = [p for p in self.executors if p.public_key not in expired]
+        for p in gone:
+            self._forget_channel(p.address)
+        for k in expired:
+            del self.joined[k]
+        oldest = time.time_ns() // 1_000_000 - LEAVE_WINDOW_MS
+        self._left_at_ms = {k: t for k, t in self._left_at_ms.items() if t >= oldest}
+
+    def _forget_channel(self, address: str) -> None:
+        """Drop the channel to ``address`` unless another peer is there (lock held). Runs under
+        way keep their own reference; the channel closes once the last one is done."""
+        in_use = {p.address for p in self.executors} | {
+            v.address for vs in self.verifiers.values() for v in vs
+        }
+        if address not in in_use:
+            self._channels.pop(address, None)
 
     def routed_executors(self) -> list[Peer]:
         """Return the executors a new request may go to, in order: every configured one, and
@@ -333,6 +373,8 @@ class _GrpcRun:
         self.started: dict[tuple[str, bytes], float] = {}
         self.records: dict[int, tuple[float, tuple[SlashRecord, ...], tuple[Penalty, ...]]] = {}
         self.peers = {p.address: p for p in executors}  # the machine's, not later joins
+        with node._peers_lock:  # the channels of this run, whatever joins and leaves do later
+            self.channels = dict(node._channels)
 
     def drive(self) -> InferenceResult:
         """Run the machine to its end; return its result."""
@@ -373,7 +415,7 @@ class _GrpcRun:
         """Make the gRPC call of ``action``; put its answer on the event queue."""
         peer = action.executor if isinstance(action, Execute) else action.verifier
         address = peer.address
-        channel = self.node._channels[address]
+        channel = self.channels[address]
         event: Event
         try:
             key = self.node.key
