@@ -27,7 +27,7 @@ from proto import verihive_pb2_grpc as pb_grpc
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
 from verihive.work import make_execute, make_verify
 
-CALL_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 10.0
 """Deadline of each attacking call: an attacker waits no longer than this for a refusal."""
 
 
@@ -99,8 +99,9 @@ def _call(address: str, service: str, method: str, message: object, tally: Tally
     channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
     try:
         stub = getattr(pb_grpc, f"{service}Stub")(channel)
-        getattr(stub, method)(message, timeout=CALL_TIMEOUT_S)
-        tally.add("OK")
+        reply = getattr(stub, method)(message, timeout=CALL_TIMEOUT_S)
+        refused = isinstance(reply, pb.JoinResponse) and not reply.accepted  # said in the reply
+        tally.add("REFUSED" if refused else "OK")
     except grpc.RpcError as exc:
         tally.add(exc.code().name)
     finally:
