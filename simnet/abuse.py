@@ -11,6 +11,7 @@ calls it made and the statuses it got back; it never needs an answer to go on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import threading
@@ -154,18 +155,55 @@ def stranger_execute(t: Target, sink: Sink, tally: Tally, i: int) -> None:
     _call(t.executors[i % len(t.executors)], "Executor", "Execute", message, tally)
 
 
+OVERSIZED_ITEMS = 10_000_000
+"""Items in the oversized repeated fields: the finding's 10^7 (a 20 MB message)."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """Return the wire bytes of length-delimited field ``number`` holding ``payload``."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@functools.cache
+def _oversized_confirm() -> bytes:
+    # ConfirmRequest.accusation (3) = Vote with OVERSIZED_ITEMS empty sampler_checks (11)
+    return _field(3, _field(11, b"") * OVERSIZED_ITEMS)
+
+
+def _raw_call(address: str, method: str, payload: bytes, tally: Tally) -> None:
+    channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
+    try:
+        channel.unary_unary(method)(payload, timeout=CALL_TIMEOUT_S)  # bytes as they are
+        tally.add("OK")
+    except grpc.RpcError as exc:
+        tally.add(exc.code().name)
+    finally:
+        channel.close()
+
+
 def oversized_confirm(t: Target, sink: Sink, tally: Tally, i: int) -> None:
-    """Finding 2: a ``Confirm`` whose accusation has 10^6 empty sampler checks (2 MB)."""
-    message = pb.ConfirmRequest()
-    message.accusation.sampler_checks.extend(pb.SamplerCheck() for _ in range(1_000_000))
-    _call(t.verifiers[i % len(t.verifiers)], "Verifier", "Confirm", message, tally)
+    """Finding 2: a ``Confirm`` whose accusation holds 10^7 empty sampler checks (20 MB)."""
+    address = t.verifiers[i % len(t.verifiers)]
+    _raw_call(address, "/verihive.v1.Verifier/Confirm", _oversized_confirm(), tally)
 
 
 def oversized_tokens(t: Target, sink: Sink, tally: Tally, i: int) -> None:
-    """Finding 2: a ``Verify`` whose commitment holds 10^6 tokens."""
+    """Finding 2: a genuine ordered ``Verify`` whose commitment gains 10^7 tokens (protobuf
+    merges the appended bytes into the message: 10 MB of packed token ids)."""
     message = make_verify(t.admitted, t.request, t.signed, t.executor_address)
-    message.commitment.commitment.tokens.extend([1] * 1_000_000)
-    _call(t.verifiers[i % len(t.verifiers)], "Verifier", "Verify", message, tally)
+    # VerifyRequest.commitment (2) . commitment (1) . tokens (5, packed)
+    extra = _field(2, _field(1, _field(5, b"\x01" * OVERSIZED_ITEMS)))
+    address = t.verifiers[i % len(t.verifiers)]
+    _raw_call(address, "/verihive.v1.Verifier/Verify", message.SerializeToString() + extra, tally)
 
 
 def join_flood(t: Target, sink: Sink, tally: Tally, i: int) -> None:
