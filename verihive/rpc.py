@@ -110,7 +110,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 MAX_QUEUED_PER_WORKER = 8
-"""Calls a server holds (running or waiting) per worker thread. [RPC.6]"""
+"""Calls a server holds (running or waiting) per worker thread. [RPC.7]"""
 
 
 def make_server(max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Server:
@@ -195,7 +195,7 @@ def is_healthy(address: str, timeout_s: float = INFO_TIMEOUT_S) -> bool:
 class Slots:
     """At most ``total`` holders at once, and at most ``per_key`` holders per key. Never waits:
     a call over either bound is refused at once (``Unavailable``), so that a stalled peer costs
-    its few slots and never the node's workers. [RPC.6]"""
+    its few slots and never the node's workers. [RPC.7]"""
 
     def __init__(self, total: int, per_key: int) -> None:
         self.total = total

@@ -1,5 +1,5 @@
 """Admission before work, checks in a fixed order and bounded work per peer, over real
-loopback sockets. [ADMIT.1], [ADMIT.2], [RPC.6]
+loopback sockets. [ADMIT.1], [ADMIT.2], [RPC.7]
 
 Executors and verifiers work only on orders signed by an assembler their network admits; the
 order and every signature are checked before any journal, cache or model work, and a verifier
@@ -203,7 +203,7 @@ def test_invalid_commitment_signature_is_refused_even_when_a_vote_is_cached(
 
 
 def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
-    """[RPC.6]: an admitted executor whose openings never come (a joined stranger stalling on
+    """[RPC.7]: an admitted executor whose openings never come (a joined stranger stalling on
     purpose) holds at most MAX_VERIFIES_PER_EXECUTOR of a verifier's slots; more calls for it
     are refused at once, and the verifier keeps answering cheap calls and verifying others."""
     _, served = attempts
