@@ -20,7 +20,13 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import failpoints, metrics
 from verihive.journal import Journal, JournalError
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, OPEN_TIMEOUT_S, check_address, make_channel
+from verihive.rpc import (
+    MAX_OPEN_MESSAGE_BYTES,
+    OPEN_TIMEOUT_S,
+    call_bounded,
+    check_address,
+    make_channel,
+)
 from verihive.status import Activity
 
 log = logging.getLogger(__name__)
@@ -183,7 +189,7 @@ class VerifierService(pb_grpc.VerifierServicer):
                     raise JournalError(f"{self.journal.path} holds another key's votes")
                 return self.core.remember(known)
         address = check_address(executor)
-        stub = pb_grpc.ExecutorStub(self._channel(address))
+        channel = self._channel(address)
 
         def fetch(session: Session) -> OpeningResponse:
             tiles = session.challenge.required_tiles()
@@ -191,7 +197,14 @@ class VerifierService(pb_grpc.VerifierServicer):
                 commitment_digest=signed.digest, tiles=[convert.tile_to_pb(t) for t in tiles]
             )
             try:
-                raw = stub.Open(open_request, timeout=self.open_timeout_s)
+                raw = call_bounded(  # bounded before parsed [RPC.6]
+                    channel,
+                    "/verihive.v1.Executor/Open",
+                    open_request,
+                    pb.OpenResponse,
+                    self.open_timeout_s,
+                    MAX_OPEN_MESSAGE_BYTES,
+                )
             except grpc.RpcError as exc:
                 log.info("openings unavailable from %s: %s", address, exc.code().name)
                 raise Unavailable(exc.code().name) from exc
