@@ -218,8 +218,7 @@ def cmd_executor(seed: str) -> None:
     from executor.backend import TorchBackend
     from executor.core import ExecutorCore
     from executor.model import load_smollm2
-    from proto import verihive_pb2_grpc as pb_grpc
-    from verihive.rpc import make_server
+    from verihive.rpc import add_bounded_servicer, make_server
     from verihive.services import ExecutorService
 
     ORDERING_KEY = SigningKey.from_seed(ORDERING_SEED)
@@ -229,7 +228,7 @@ def cmd_executor(seed: str) -> None:
     core = ExecutorCore(key, TorchBackend(loaded.model), loaded.model_id, NETWORK)
     server = make_server(max_workers=4)
     admitted = frozenset({ORDERING_KEY.public_key})  # this bench orders its own requests
-    pb_grpc.add_ExecutorServicer_to_server(ExecutorService(core, admitted=admitted), server)
+    add_bounded_servicer(ExecutorService(core, admitted=admitted), server, "verihive.v1.Executor")
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from bft.errors import Malformed
 
 MAX_TOKENS = 8192
-"""Tokens in a request (prompt + ``max_new_tokens``) or a commitment; also sampler checks."""
+"""Tokens in a request (prompt + ``max_new_tokens``) or a commitment; also sampler checks and
+the chunks of one layer check."""
 MAX_LAYERS = 1024
 """``num_layers``, ``layers_per_verifier`` and layer checks in a vote; tile boundaries."""
 MAX_HIDDEN = 65536

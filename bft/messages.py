@@ -519,6 +519,8 @@ class Vote:
             raise Malformed("too many layer checks")
         if len(self.sampler_checks) > MAX_TOKENS:
             raise Malformed("too many sampler checks")
+        if any(len(c.chunks) > MAX_TOKENS for c in self.layer_checks):
+            raise Malformed("too many chunks in a layer check")  # a chunk holds a token or more
         if (self.evidence is not None) != (self.verdict is Verdict.REJECT):
             raise Malformed("a REJECT vote carries evidence and no other vote does")
         values = [

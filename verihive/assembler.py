@@ -60,7 +60,9 @@ from trust.tombstones import Tombstones, process_tally
 from verihive import failpoints, metrics
 from verihive.rpc import (
     INFO_TIMEOUT_S,
+    MAX_MESSAGE_BYTES,
     MAX_OPEN_MESSAGE_BYTES,
+    call_bounded,
     make_channel,
 )
 from verihive.status import Activity
@@ -71,6 +73,8 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 64_000
 MAX_JOINED = 256
 """Joined executors an assembler routes to at most; more joins are refused until some expire."""
+VERIFY = "/verihive.v1.Verifier/Verify"
+CONFIRM = "/verihive.v1.Verifier/Confirm"
 DEFAULT_JOIN_TTL_S = 600.0
 """How long a join holds without being renewed, in seconds ([JOIN.2]; executors that announce
 themselves renew theirs every minute by default)."""
@@ -430,12 +434,16 @@ class _GrpcRun:
                     event = CommitmentReceived(action.call, signed)
             elif isinstance(action, Verify):
                 ask = make_verify(key, action.request, action.signed, action.executor.address)
-                answer = pb_grpc.VerifierStub(channel).Verify(ask, timeout=action.timeout_s)
+                answer = call_bounded(  # bounded before parsed [RPC.6]
+                    channel, VERIFY, ask, pb.Vote, action.timeout_s, MAX_OPEN_MESSAGE_BYTES
+                )
                 event = VoteReceived(action.call, convert.vote_from_pb(answer))
             else:
                 confirm = make_confirm(key, action.request, action.signed, action.accusation)
-                reply = pb_grpc.VerifierStub(channel).Confirm(confirm, timeout=action.timeout_s)
-                event = ConfirmationReceived(action.call, convert.confirmation_from_pb(reply))
+                found = call_bounded(
+                    channel, CONFIRM, confirm, pb.Confirmation, action.timeout_s, MAX_MESSAGE_BYTES
+                )
+                event = ConfirmationReceived(action.call, convert.confirmation_from_pb(found))
         except grpc.RpcError as exc:
             if not isinstance(action, Execute):
                 log.warning("%s: %s %s", address, exc.code().name, exc.details())

@@ -23,9 +23,8 @@ from executor.backend import DTYPES, Backend, BatchingBackend, TorchBackend
 from executor.batching import ExecutionBatcher
 from executor.core import DEFAULT_CHUNK_SIZE, ExecutorCore
 from executor.model import LoadedModel
-from proto import verihive_pb2_grpc as pb_grpc
 from verihive.assembler import AssemblerNode, AssemblerService, fetch_peer
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
+from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, add_bounded_servicer, make_server
 from verihive.services import VERIFIER_WORKERS, ExecutorService, VerifierService
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def start_local_network(
                 batcher = ExecutionBatcher(core)  # concurrent requests, one GPU batch [EXEC.8]
             executor_service = ExecutorService(core, batcher, admitted=admitted)
             executor_services.append(executor_service)
-            pb_grpc.add_ExecutorServicer_to_server(executor_service, server)
+            add_bounded_servicer(executor_service, server, "verihive.v1.Executor")
             servers.append(server)
             executor_addresses.append(_serve(server))
         verifier_addresses = []
@@ -190,7 +189,7 @@ def start_local_network(
             for vc in cores:
                 service = VerifierService(vc, backend.info.name, admitted=admitted)
                 server = make_server(VERIFIER_WORKERS, MAX_OPEN_MESSAGE_BYTES)
-                pb_grpc.add_VerifierServicer_to_server(service, server)
+                add_bounded_servicer(service, server, "verihive.v1.Verifier")
                 servers.append(server)
                 verifier_services.append(service)
                 verifier_addresses.append(_serve(server))
@@ -212,7 +211,7 @@ def start_local_network(
             make_genesis(network_id, verifier_keys),
         )
         server = make_server(max_workers=4)
-        pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
+        add_bounded_servicer(AssemblerService(node), server, "verihive.v1.Assembler")
         servers.append(server)
         net = LocalNetwork(
             _serve(server),

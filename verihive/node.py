@@ -53,7 +53,6 @@ from executor.backend import DTYPES, TorchBackend
 from executor.core import ExecutorCore
 from proto import convert
 from proto import verihive_pb2 as pb
-from proto import verihive_pb2_grpc as pb_grpc
 from verihive import failpoints, metrics
 from verihive.assembler import (
     DEFAULT_JOIN_TTL_S,
@@ -66,6 +65,7 @@ from verihive.logs import configure_logging
 from verihive.membership import Announcer, make_join, measure_throughput
 from verihive.rpc import (
     MAX_OPEN_MESSAGE_BYTES,
+    add_bounded_servicer,
     add_health_and_reflection,
     check_address,
     make_server,
@@ -756,7 +756,7 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
         )
         verifier = VerifierService(core, info.name, journal, activity, admitted=admitted)
         closers.append(verifier.close)
-        pb_grpc.add_VerifierServicer_to_server(verifier, server)
+        add_bounded_servicer(verifier, server, "verihive.v1.Verifier")
     elif role == "executor":
         ex = config.executor
         backend = TorchBackend(loaded.model, device=ex.device, dtype=DTYPES[ex.dtype])
@@ -767,7 +767,7 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
         activity.tokens_per_second = measure_throughput(backend)  # [JOIN.1]
         log.info("measured %.1f tokens/s", activity.tokens_per_second)
         closers.append(service.close)
-        pb_grpc.add_ExecutorServicer_to_server(service, server)
+        add_bounded_servicer(service, server, "verihive.v1.Executor")
     else:
         peers = config.assembler
         net_id = policy.network_id
@@ -780,7 +780,7 @@ def serve(home: Path, stop: threading.Event | None = None, verbose: bool = False
         node.join_ttl_s = peers.join_ttl_s
         node.activity = activity
         closers.append(node.close)
-        pb_grpc.add_AssemblerServicer_to_server(AssemblerService(node), server)
+        add_bounded_servicer(AssemblerService(node), server, "verihive.v1.Assembler")
     service_name = pb.DESCRIPTOR.services_by_name[role.capitalize()].full_name
     health = add_health_and_reflection(server, service_name)
     port = server.add_insecure_port(config.node.listen)

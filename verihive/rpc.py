@@ -1,4 +1,5 @@
-"""gRPC plumbing: the error-mapping interceptor, server and channel factories. [RPC.1]-[RPC.4]"""
+"""gRPC plumbing: the error-mapping interceptor, server and channel factories, and the
+bounded parsing of requests and replies. [RPC.1]-[RPC.4], [RPC.6]"""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter
@@ -28,14 +31,38 @@ from bft.errors import (
     Reject,
     Unavailable,
 )
+from proto import verihive_pb2 as pb
+from proto import wirescan
+
+M = TypeVar("M", bound=Message)
 
 log = logging.getLogger(__name__)
 
+KiB = 1 << 10
 MiB = 1 << 20
 MAX_MESSAGE_BYTES = 8 * MiB
 """Default send/receive limit for every call, in bytes. [RPC.3]"""
 MAX_OPEN_MESSAGE_BYTES = 64 * MiB
 """Receive limit for ``Executor.Open`` responses (activation tiles), in bytes. [RPC.3]"""
+
+MAX_REQUEST_BYTES: dict[str, int] = {
+    "/verihive.v1.Executor/GetInfo": 4 * KiB,
+    "/verihive.v1.Executor/Status": 4 * KiB,
+    "/verihive.v1.Executor/Execute": 1 * MiB,
+    "/verihive.v1.Executor/Open": 2 * MiB,
+    "/verihive.v1.Verifier/GetInfo": 4 * KiB,
+    "/verihive.v1.Verifier/Status": 4 * KiB,
+    "/verihive.v1.Verifier/Verify": 1 * MiB,
+    "/verihive.v1.Verifier/Confirm": MAX_OPEN_MESSAGE_BYTES,  # evidence holds openings
+    "/verihive.v1.Assembler/GetInfo": 4 * KiB,
+    "/verihive.v1.Assembler/Status": 4 * KiB,
+    "/verihive.v1.Assembler/Infer": 1 * MiB,
+    "/verihive.v1.Assembler/Join": 64 * KiB,
+    "/verihive.v1.Assembler/Leave": 64 * KiB,
+}
+"""Largest request of each method a server parses, in bytes. The largest legal request of each
+method but ``Confirm`` is under a third of it (``tests/maximal.py``); a ``Confirm`` carries a
+whole ``Open`` reply in its evidence, up to the transport's 64 MiB ([RPC.3]). [RPC.6]"""
 
 # Deadlines, in seconds. [RPC.2] The assembler's come from its machine's Deadlines.
 EXECUTE_TIMEOUT_S = Deadlines().execute_s
@@ -125,6 +152,53 @@ def make_server(max_workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES
             ("grpc.max_send_message_length", MAX_OPEN_MESSAGE_BYTES),
         ],
     )
+
+
+def add_bounded_servicer(servicer: object, server: grpc.Server, service: str) -> None:
+    """Serve the methods of ``service`` (a full name such as ``verihive.v1.Executor``) by
+    ``servicer`` on ``server``, each request bounded before it is parsed. [RPC.6]
+
+    What ``add_ExecutorServicer_to_server`` and its kind do, with one difference: a request
+    is first held to its method's :data:`MAX_REQUEST_BYTES`, then pre-scanned
+    (:func:`proto.wirescan.scan`), and only then parsed. A refusal raises :class:`Malformed`
+    in the deserialiser, which :class:`ErrorMappingInterceptor` (every :func:`make_server`
+    has it) runs and answers ``INVALID_ARGUMENT`` with the reason.
+    """
+    descriptor = pb.DESCRIPTOR.services_by_name[service.rpartition(".")[2]]
+    if descriptor.full_name != service:
+        raise ValueError(f"no service {service!r} in verihive.proto")
+    handlers = {}
+    for method in descriptor.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        reply = message_factory.GetMessageClass(method.output_type)
+        limit = MAX_REQUEST_BYTES[f"/{service}/{method.name}"]
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=partial(wirescan.parse, request, max_bytes=limit),
+            response_serializer=reply.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+def call_bounded(
+    channel: grpc.Channel,
+    method: str,
+    request: Message,
+    reply_type: type[M],
+    timeout_s: float,
+    max_bytes: int,
+) -> M:
+    """Call ``method`` (e.g. ``/verihive.v1.Executor/Open``) on ``channel`` with ``request``
+    and return its reply, at most ``max_bytes`` long, pre-scanned and parsed. [RPC.6]
+
+    Raises :class:`grpc.RpcError` for a failed call and :class:`Malformed` for a reply
+    refused by :func:`proto.wirescan.parse`, so that a peer's reply is bounded the way its
+    requests are before it becomes Python objects.
+    """
+    call = channel.unary_unary(method, request_serializer=type(request).SerializeToString)
+    raw: bytes = call(request, timeout=timeout_s)
+    return wirescan.parse(reply_type, raw, max_bytes)
 
 
 def make_channel(address: str, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:

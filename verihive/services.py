@@ -26,6 +26,7 @@ from verihive.rpc import (
     MAX_OPEN_MESSAGE_BYTES,
     OPEN_TIMEOUT_S,
     Slots,
+    call_bounded,
     check_address,
     make_channel,
 )
@@ -231,7 +232,7 @@ class VerifierService(pb_grpc.VerifierServicer):
 
     def _verify(self, req: InferenceRequest, signed: SignedCommitment, address: str) -> Vote:
         """Verify ``signed`` with openings from ``address``; journal and count the vote."""
-        stub = pb_grpc.ExecutorStub(self._channel(address))
+        channel = self._channel(address)
 
         def fetch(session: Session) -> OpeningResponse:
             tiles = session.challenge.required_tiles()
@@ -239,7 +240,14 @@ class VerifierService(pb_grpc.VerifierServicer):
                 commitment_digest=signed.digest, tiles=[convert.tile_to_pb(t) for t in tiles]
             )
             try:
-                raw = stub.Open(open_request, timeout=self.open_timeout_s)
+                raw = call_bounded(  # bounded before parsed [RPC.6]
+                    channel,
+                    "/verihive.v1.Executor/Open",
+                    open_request,
+                    pb.OpenResponse,
+                    self.open_timeout_s,
+                    MAX_OPEN_MESSAGE_BYTES,
+                )
             except grpc.RpcError as exc:
                 log.info("openings unavailable from %s: %s", address, exc.code().name)
                 raise Unavailable(exc.code().name) from exc

@@ -18,10 +18,9 @@ import threading
 from pathlib import Path
 
 from bft.errors import Unavailable
-from proto import verihive_pb2_grpc as pb_grpc
 from tests.support import ADMITTED, get_network
 from verihive.journal import Journal
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_server
+from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, add_bounded_servicer, make_server
 from verihive.services import ExecutorService, VerifierService
 
 
@@ -44,9 +43,8 @@ def main() -> None:
                 raise Unavailable("this process must answer from its journal")
 
             core.execute_fresh = refuse  # type: ignore[method-assign,assignment]
-        pb_grpc.add_ExecutorServicer_to_server(
-            ExecutorService(core, journal=journal, admitted=ADMITTED), server
-        )
+        service = ExecutorService(core, journal=journal, admitted=ADMITTED)
+        add_bounded_servicer(service, server, "verihive.v1.Executor")
     else:
         verifier = net.verifiers[net.validators[args.validator]]
         if args.no_verify:
@@ -58,7 +56,7 @@ def main() -> None:
         service = VerifierService(
             verifier, net.backend.info.name, journal=journal, admitted=ADMITTED
         )
-        pb_grpc.add_VerifierServicer_to_server(service, server)
+        add_bounded_servicer(service, server, "verihive.v1.Verifier")
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)  # the parent reads it: serving from now on

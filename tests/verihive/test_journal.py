@@ -27,7 +27,12 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from tests.support import ADMITTED, ASSEMBLER_KEY, NETWORK_ID, get_network, resign_vote
 from verihive.journal import Journal, JournalError
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel, make_server
+from verihive.rpc import (
+    MAX_OPEN_MESSAGE_BYTES,
+    add_bounded_servicer,
+    make_channel,
+    make_server,
+)
 from verihive.services import ExecutorService, VerifierService
 from verihive.work import make_execute, make_verify
 
@@ -50,7 +55,7 @@ def fresh_executor() -> ExecutorCore:
 @contextmanager
 def serving(service: ExecutorService) -> Iterator[str]:
     server = make_server(max_message_bytes=MAX_OPEN_MESSAGE_BYTES)
-    pb_grpc.add_ExecutorServicer_to_server(service, server)
+    add_bounded_servicer(service, server, "verihive.v1.Executor")
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

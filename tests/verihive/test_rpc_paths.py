@@ -86,7 +86,7 @@ def test_invalid_execute_without_a_request(net):
     ("change", "needle"),
     [
         ({"commitment_digest": b"\x01" * 31}, "digest"),
-        ({"tiles": [pb.TileRef(boundary=0, chunk=i) for i in range(MAX_OPENINGS + 1)]}, "many"),
+        ({"tiles": [pb.TileRef(boundary=0, chunk=i) for i in range(MAX_OPENINGS + 1)]}, "more"),
         ({"tiles": [pb.TileRef(boundary=99, chunk=0)]}, "outside"),
         ({"tiles": [pb.TileRef(boundary=0, chunk=0)] * 2}, "duplicate"),
     ],
