@@ -25,7 +25,7 @@ from simnet.localnet import local_faults
 from verihive.assembler import AttemptResult
 from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
-from verihive.services import MAX_VERIFIES_PER_EXECUTOR
+from verihive.services import MAX_CHANNELS, MAX_VERIFIES_PER_EXECUTOR
 from verihive.work import make_confirm, make_execute, make_verify
 
 STRANGER = SigningKey.from_seed(b"\x5e" * 32)
@@ -250,3 +250,19 @@ def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
     finally:
         service.open_timeout_s = type(service).open_timeout_s
         listener.close()
+
+
+def test_executor_channels_are_a_bounded_lru(net):
+    """Finding 3: every distinct executor address used to add a channel for good; now at most
+    MAX_CHANNELS are kept, the least recently used closed first. [RPC.7]"""
+    service = net.verifier_services[3]
+    addresses = [f"127.0.0.1:{20000 + i}" for i in range(3 * MAX_CHANNELS)]
+    first = service._channel(addresses[0])
+    for a in addresses[1:]:
+        service._channel(a)
+        assert len(service._channels) <= MAX_CHANNELS
+    assert addresses[0] not in service._channels  # evicted long ago
+    with pytest.raises(ValueError):  # and closed: a closed channel refuses new calls
+        first.unary_unary("/verihive.v1.Executor/GetInfo")(b"", timeout=1)
+    recent = addresses[-1]
+    assert service._channel(recent) is service._channels[recent]  # reused, not reopened
