@@ -27,6 +27,7 @@ from bft.measure import (
     open_tiles,
 )
 from bft.messages import (
+    Commitment,
     Evidence,
     EvidenceCheck,
     OpeningResponse,
@@ -95,6 +96,9 @@ def audit_evidence(
         return _result(ev, problem is not None, problem or "commitment fits its request")
     if ev.check is not EvidenceCheck.OPENING:
         auditor = _require_model(auditor, ev)
+        misfit = _compute_misfit(c, auditor)
+        if misfit is not None:  # an honest accuser makes a commitment claim here [VERIFY.1]
+            return _result(ev, False, f"{misfit}: a commitment claim, not this one")
     if ev.check is EvidenceCheck.SEQUENCE:
         return _audit_sequence(ev, _require_model(auditor, ev), table.require(c.profile))
     response = ev.response
@@ -117,6 +121,16 @@ def _require_model(auditor: AuditModel | None, ev: Evidence) -> AuditModel:
     if auditor is None or auditor.model_id != ev.signed.commitment.model_id:
         raise CannotJudge("this evidence needs the model its commitment names")
     return auditor
+
+
+def _compute_misfit(c: Commitment, auditor: AuditModel) -> str | None:
+    """Return why ``c``'s layers, hidden size or tokens do not fit ``auditor``'s model, or
+    ``None``; re-measuring such a commitment would index the model out of its shape."""
+    if c.num_layers != auditor.num_layers or c.hidden_size != auditor.hidden_size:
+        return "commitment's shape is not the model's"
+    if max(c.tokens) >= auditor.model.vocab_size:
+        return "commitment holds a token outside the model's vocabulary"
+    return None
 
 
 def _result(ev: Evidence, proven: bool, detail: str, measured: float = 0.0) -> AuditResult:

@@ -10,6 +10,7 @@ argmax (ties go to the lowest token id).
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -132,9 +133,11 @@ def compute_sampler_margin(
     x = np.asarray(logits, dtype=np.float64)
     if not 0 <= token < x.shape[0]:
         return float("inf")
-    if params.temperature == 0.0:
-        return float(x.max() - x[token])
     t = params.temperature
+    if t == 0.0 or not math.isfinite(EDGE_SLACK_LOGIT / t):
+        # Greedy, or a temperature so small that the edge slack overflows (below ~5.6e-312):
+        # the sampler picks the largest logit, and the widened edges would let every token in.
+        return float(x.max() - x[token])
     with np.errstate(over="ignore"):
         scaled = (x - x.max()) / t
     allowed = compute_allowed(scaled, params)

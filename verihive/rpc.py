@@ -226,7 +226,7 @@ def check_address(address: str, any_port: bool = False) -> str:
     if (
         not sep
         or not host
-        or not port.isdigit()
+        or not (port.isascii() and port.isdigit())  # "²" and "١" are digits to str, not ports
         or len(address) > 256
         or not lowest <= int(port) < 65536
     ):

@@ -290,6 +290,20 @@ def test_tiny_positive_temperature_is_greedy_or_refused(temperature):
         assert compute_sampler_margin(logits, params, SEED, 0, 1) == 0.0
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-315, 5e-312])
+@pytest.mark.parametrize(("top_k", "top_p"), [(5, 1.0), (1, 1.0), (0, 0.5), (3, 0.9)])
+def test_tiny_temperature_margin_is_the_greedy_gap(temperature, top_k, top_p):
+    # Found by tests/verihive/test_fuzz_rpc.py: below ~5.6e-312 the edge slack 0.001 / T
+    # overflows, the widened edges let every token in and every token got margin 0, so a lying
+    # executor's token passed the sampler check. The sampler is greedy there: so is the margin.
+    logits = np.array([0.25, 3.0, 1.0, -2.0, 2.5])
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    params.validate()
+    assert sample_token(logits, params, SEED, 0) == 1
+    margins = [compute_sampler_margin(logits, params, SEED, 0, t) for t in range(5)]
+    assert margins == [2.75, 0.0, 2.0, 5.0, 0.5]
+
+
 # --- [SAMPLE.5] the sampler margin
 
 OTHER_SEED = hashlib.sha256(b"not-the-request-seed").digest()
