@@ -63,6 +63,7 @@ from verihive.rpc import (
     MAX_MESSAGE_BYTES,
     MAX_OPEN_MESSAGE_BYTES,
     call_bounded,
+    check_address,
     make_channel,
 )
 from verihive.status import Activity
@@ -242,6 +243,7 @@ class AssemblerNode:
         (a restart at a new address) replaces its address; a tombstoned key is refused.
         """
         check_join(join, self.policy.network_id, self.model_id, self.join_stamp_bits)
+        check_address(join.address)  # [RPC.4]: nothing but host:port is ever probed
         if self.tombstones.is_tombstoned(join.public_key):
             raise Reject("this key is tombstoned [SLASH.3]")
         if join.public_key in self.verifiers:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from bft.crypto import SigningKey
-from bft.errors import Unavailable
+from bft.errors import Malformed, Unavailable
 from bft.join import LEAVE_WINDOW_MS, sign_leave
 from executor.backend import TorchBackend
 from executor.core import ExecutorCore
@@ -102,3 +102,11 @@ def test_leaves_older_than_the_replay_window_are_forgotten(net, tiny):
             node._left_at_ms[key.public_key] = now - LEAVE_WINDOW_MS - 1  # as if long ago
         join(net, tiny, key, address)  # any join prunes
         assert key.public_key not in node._left_at_ms
+
+
+@pytest.mark.parametrize("address", ["no-port", "127.0.0.1:0", "127.0.0.1:99999", "h:²"])
+def test_invalid_join_address_is_refused_before_any_probe(net, tiny, address):
+    """[RPC.4]: a join's address must be host:port; nothing else is ever dialed."""
+    key = SigningKey.from_seed(b"\x36" * 32)
+    with pytest.raises(Malformed, match="host:port"):
+        join(net, tiny, key, address)
