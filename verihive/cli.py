@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError, Message
 from bft.assembler import DEFAULT_SEQUENCE_CHECK_PPM, AssemblerPolicy
 from bft.crypto import compute_node_id
 from bft.errors import CannotJudge, Malformed, ProtocolError
+from bft.limits import MAX_LAYERS, MAX_TOKENS, MAX_VALIDATORS
 from bft.messages import SamplingParams, Verdict
 from bft.receipt import check_receipt
 from bft.types import PublicKey, short_hex
@@ -25,24 +26,34 @@ from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from simnet.executors import MODES
 from simnet.verifiers import VERIFIER_MODES
-from verihive.entry import command
+from verihive.assembler import MAX_PROMPT_CHARS
+from verihive.entry import (
+    command,
+    host_port,
+    int_in,
+    is_utf8,
+    one_line,
+    report,
+    utf8_path,
+)
 from verihive.receipts import receipt_from_json, receipt_to_json, receipt_to_obj
 from verihive.rpc import (
     INFER_TIMEOUT_S,
     INFO_TIMEOUT_S,
     MAX_OPEN_MESSAGE_BYTES,
-    check_address,
     make_channel,
 )
 
 MAX_EVIDENCE_BYTES = 64 << 20
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"{text} is not in [1, 64]")
-    return value
+"""Bytes of an evidence or slash file ``bft-verify audit`` and ``slash`` read at most."""
+MAX_RECEIPT_BYTES = 64 << 20
+"""Bytes of a receipt file ``bft-verify receipt`` reads at most."""
+MAX_VALIDATORS_BYTES = 2 * MAX_VALIDATORS * (2 * 32 + 2)
+"""Bytes of a ``--validators`` file: every key on a line, with room for CRLF and blank lines."""
+MAX_EXECUTORS = 64
+"""Executors of an embedded network (``bft-infer --executors``), and requests hedged at once."""
+DEVICE_KINDS = ("cpu", "cuda")
+"""What ``--executor-device`` may name (``cuda:N`` too)."""
 
 
 def _probability(text: str) -> float:
@@ -50,6 +61,65 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
     return value
+
+
+def _device(text: str) -> str:
+    """``type=`` of ``--executor-device``: ``cpu``, ``cuda`` or ``cuda:N``."""
+    kind, sep, index = text.partition(":")
+    if kind not in DEVICE_KINDS or (sep and not (kind == "cuda" and index.isdecimal())):
+        raise argparse.ArgumentTypeError(f"not cpu, cuda or cuda:N: {text[:64]!r}")
+    return text
+
+
+def get_run_problem(args: argparse.Namespace) -> str | None:
+    """Return why the run ``args`` asks for cannot go ahead, or ``None``; checked before any
+    model loads or server starts. [CLI.1]"""
+    return (
+        get_prompt_problem(args.prompt)
+        or get_output_problem(args.receipt_out, directory=False)
+        or get_output_problem(args.evidence_out, directory=False)
+        or get_output_problem(args.slashes_out, directory=True)
+    )
+
+
+def get_prompt_problem(prompt: str) -> str | None:
+    """Return why ``prompt`` cannot be sent to an assembler, or ``None``. [CLI.1]"""
+    if not is_utf8(prompt):
+        return "the prompt is not valid UTF-8"
+    if not prompt.strip():
+        return "the prompt is empty"
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"the prompt is {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}"
+    return None
+
+
+def get_device_problem(device: str) -> str | None:
+    """Return why this machine cannot run an executor on ``device``, or ``None``."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        return f"--executor-device {device}: this machine has {count} CUDA devices"
+    return None
+
+
+def get_output_problem(path: Path | None, directory: bool) -> str | None:
+    """Return why the output ``path`` (a ``directory`` to make, or a file) cannot be written to
+    later, or ``None``; checked before the network starts, so a run is not lost to it."""
+    if path is None:
+        return None
+    if directory:
+        if path.exists() and not path.is_dir():
+            return f"{path}: not a directory"
+        return None
+    if path.is_dir():
+        return f"{path}: is a directory"
+    if not path.parent.is_dir():
+        return f"{path}: no directory {path.parent}"
+    return None
 
 
 def _vote_obj(v: pb.Vote) -> dict[str, Any]:
@@ -171,22 +241,23 @@ def infer_main(argv: list[str] | None = None) -> int:
         prog="bft-infer",
         description="Run a prompt on an embedded verihive network (loopback gRPC).",
     )
-    p.add_argument("prompt")
+    p.add_argument("prompt")  # checked after parsing, with a message of its own [CLI.1]
     p.add_argument(
         "--assembler",
+        type=host_port,
         metavar="HOST:PORT",
         help="ask a running network's assembler instead of starting an embedded one",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--receipt-out", type=Path, help="write the receipt JSON to this file")
+    p.add_argument("--receipt-out", type=utf8_path, help="write the receipt JSON to this file")
     p.add_argument(
         "--slashes-out",
-        type=Path,
+        type=utf8_path,
         help="write each slash record (protobuf verihive.v1.SlashProof) into this directory",
     )
     p.add_argument(
         "--evidence-out",
-        type=Path,
+        type=utf8_path,
         help="write the evidence of the first REJECT vote (protobuf verihive.v1.Evidence)",
     )
     p.add_argument("--byzantine-executor", choices=MODES, help="make the first executor lie")
@@ -201,11 +272,14 @@ def infer_main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument(
-        "--layers-per-verifier", type=int, default=2, help="k, layers each verifier checks"
+        "--layers-per-verifier",
+        type=int_in(1, MAX_LAYERS),
+        default=2,
+        help="k, layers each verifier checks",
     )
     p.add_argument(
         "--positions-per-verifier",
-        type=int,
+        type=int_in(0, MAX_TOKENS),
         default=4,
         help="m, output positions whose token each verifier re-samples",
     )
@@ -215,9 +289,17 @@ def infer_main(argv: list[str] | None = None) -> int:
         default=DEFAULT_SEQUENCE_CHECK_PPM / 1e6,
         help="q, chance that a verifier also checks the whole sequence against the sketch",
     )
-    p.add_argument("--executors", type=_positive, default=2, help="executors in the local network")
     p.add_argument(
-        "--hedge", type=_positive, default=1, help="executors each request is sent to at once"
+        "--executors",
+        type=int_in(1, MAX_EXECUTORS),
+        default=2,
+        help="executors in the local network",
+    )
+    p.add_argument(
+        "--hedge",
+        type=int_in(1, MAX_EXECUTORS),
+        default=1,
+        help="executors each request is sent to at once",
     )
     p.add_argument(
         "--hedge-verify-all",
@@ -230,7 +312,9 @@ def infer_main(argv: list[str] | None = None) -> int:
         default="torch",
         help="honest executors' backend (vllm: a CUDA GPU with vLLM installed)",
     )
-    p.add_argument("--executor-device", default="cpu", help="cpu or cuda (torch backend)")
+    p.add_argument(
+        "--executor-device", type=_device, default="cpu", help="cpu, cuda or cuda:N (torch backend)"
+    )
     p.add_argument(
         "--executor-dtype",
         choices=("float32", "bfloat16", "float16"),
@@ -251,17 +335,15 @@ def infer_main(argv: list[str] | None = None) -> int:
         sampling.validate()
     except ProtocolError as exc:
         p.error(str(exc))
+    problem = get_run_problem(args)
+    if problem is not None:
+        return report(problem)
     start = time.monotonic()
     if args.assembler is not None:
         try:
-            check_address(args.assembler)
-        except ProtocolError as exc:
-            p.error(str(exc))
-        try:
             reply, model_id = _infer_remote(args.assembler, args.prompt, sampling)
         except grpc.RpcError as exc:  # one line, no traceback: the network's answer
-            print(f"error: {args.assembler}: {exc.code().name} {exc.details()}", file=sys.stderr)
-            return 2
+            return report(f"{args.assembler}: {_rpc_error_text(exc)}")
         result = build_result(reply, "(the network's)", model_id, time.monotonic() - start)
         return _report(args, reply, result)
 
@@ -269,6 +351,9 @@ def infer_main(argv: list[str] | None = None) -> int:
     from simnet.localnet import local_faults
     from verihive.localnet import DEFAULT_NETWORK_ID, LocalNetConfig, start_local_network
 
+    problem = get_device_problem(args.executor_device)
+    if problem is not None:
+        return report(problem)
     set_progress(not args.json)  # [MODEL.4]
     loaded = load_smollm2() if args.model == "smollm2" else load_tiny()
     policy = AssemblerPolicy(
@@ -301,6 +386,8 @@ def infer_main(argv: list[str] | None = None) -> int:
                 pb.InferRequest(prompt=args.prompt, sampling=convert.sampling_to_pb(sampling)),
                 timeout=INFER_TIMEOUT_S,
             )
+        except grpc.RpcError as exc:  # e.g. a prompt over the token limit, found once tokenized
+            return report(f"the network refused the request: {_rpc_error_text(exc)}")
         finally:
             channel.close()
     result = build_result(reply, loaded.name, loaded.model_id, time.monotonic() - start)
@@ -325,6 +412,14 @@ def _infer_remote(
     return reply, bytes(info.model_id)
 
 
+def _rpc_error_text(exc: grpc.RpcError) -> str:
+    """Return the status code and details of the failed call ``exc``, without gRPC's debug
+    string."""
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    details = exc.details() if isinstance(exc, grpc.Call) else None
+    return f"{code.name if code else 'UNKNOWN'} {details or ''}".rstrip()
+
+
 def _report(args: argparse.Namespace, reply: pb.InferResponse, result: dict[str, Any]) -> int:
     """Write the files asked for, print the result; return the exit status."""
     if args.receipt_out and reply.accepted:
@@ -346,10 +441,27 @@ def _report(args: argparse.Namespace, reply: pb.InferResponse, result: dict[str,
     return 0 if reply.accepted else 1
 
 
+def _read_bounded(path: Path, cap: int) -> bytes:
+    """Return the bytes of ``path``; raise ``Malformed`` past ``cap`` bytes (``/dev/zero``
+    included), ``OSError`` where it cannot be read."""
+    with path.open("rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise Malformed(f"{path.name} is larger than {cap} bytes")
+    return data
+
+
 def _read_validators(path: Path) -> tuple[PublicKey, ...]:
-    """Return the hex public keys listed one per line in ``path``."""
+    """Return the hex public keys listed one per line in ``path``; raise ``Malformed`` or
+    ``OSError``."""
+    try:
+        text = _read_bounded(path, MAX_VALIDATORS_BYTES).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise Malformed(f"{path}: not hex text (byte {exc.start})") from exc
+    except Malformed as exc:
+        raise Malformed(f"{path}: {exc}") from exc
     keys = []
-    for line in path.read_text().split():
+    for line in text.split():
         try:
             key = bytes.fromhex(line)
         except ValueError as exc:
@@ -365,9 +477,7 @@ M = TypeVar("M", bound=Message)
 
 def _read_message(path: Path, message: M) -> M:
     """Return ``message`` parsed from the file ``path`` (at most 64 MiB); raise ``Malformed``."""
-    data = path.read_bytes()
-    if len(data) > MAX_EVIDENCE_BYTES:
-        raise Malformed(f"{path.name} is larger than {MAX_EVIDENCE_BYTES} bytes")
+    data = _read_bounded(path, MAX_EVIDENCE_BYTES)
     try:
         message.ParseFromString(data)
     except DecodeError as exc:
@@ -387,7 +497,7 @@ def _audit(path: Path, model: str) -> int:
         print(f"malformed: cannot read {path}: {exc.strerror}")
         return 2
     except ProtocolError as exc:
-        print(f"malformed: {exc}")
+        print(f"malformed: {one_line(str(exc))}")
         return 2
     auditor = None
     if evidence.check not in MODEL_FREE_CHECKS:
@@ -438,7 +548,7 @@ def _check_slash_file(path: Path, model: str) -> int:
         print(f"malformed: cannot read {path}: {exc.strerror}")
         return 2
     except ProtocolError as exc:
-        print(f"malformed: {exc}")
+        print(f"malformed: {one_line(str(exc))}")
         return 2
     try:
         check_validator_set(vset)
@@ -478,10 +588,10 @@ def verify_main(argv: list[str] | None = None) -> int:
     r = sub.add_parser(
         "receipt", help="check a receipt offline (exit 0 valid, 1 invalid, 2 unreadable)"
     )
-    r.add_argument("file", type=Path)
+    r.add_argument("file", type=utf8_path)
     r.add_argument(
         "--validators",
-        type=Path,
+        type=utf8_path,
         help="file of trusted validator public keys (hex, one per line) the receipt must name",
     )
     a = sub.add_parser(
@@ -489,14 +599,14 @@ def verify_main(argv: list[str] | None = None) -> int:
         help="re-check REJECT evidence offline (exit 0 proven, 1 not proven, 2 malformed,"
         " 3 model not held)",
     )
-    a.add_argument("file", type=Path)
+    a.add_argument("file", type=utf8_path)
     a.add_argument("--model", choices=("auto", "smollm2", "tiny"), default="auto")
     s = sub.add_parser(
         "slash",
         help="re-check a slash record offline (exit 0 proven, 1 not proven, 2 malformed,"
         " 3 model not held)",
     )
-    s.add_argument("file", type=Path)
+    s.add_argument("file", type=utf8_path)
     s.add_argument("--model", choices=("auto", "smollm2", "tiny"), default="auto")
     from verihive.nodecli import add_node_commands, run_node_command
 
@@ -509,17 +619,21 @@ def verify_main(argv: list[str] | None = None) -> int:
     if args.command == "slash":
         return _check_slash_file(args.file, args.model)
     if args.command == "receipt":
+        # the keys to pin are an argument: one that cannot be used is an error, not a verdict
+        trusted = _read_validators(args.validators) if args.validators else None
         try:
-            data = args.file.read_bytes()
+            data = _read_bounded(args.file, MAX_RECEIPT_BYTES)
         except OSError as exc:
             print(f"invalid: cannot read {args.file}: {exc.strerror}")
             return 2
+        except Malformed as exc:
+            print(f"invalid: {exc}")
+            return 2
         try:
-            trusted = _read_validators(args.validators) if args.validators else None
             receipt = convert.receipt_from_pb(receipt_from_json(data))
             check_receipt(receipt, trusted)
         except ProtocolError as exc:
-            print(f"invalid: {exc}")
+            print(f"invalid: {one_line(str(exc))}")
             return 1
         c = receipt.signed_commitment.commitment
         print(

@@ -26,11 +26,12 @@ import grpc
 from bft.assembler import AssemblerPolicy
 from bft.crypto import compute_node_id
 from bft.errors import ProtocolError
+from bft.limits import MAX_F, MAX_NETWORK_ID_BYTES, MAX_VALIDATORS, is_valid_network_id
 from bft.types import ModelId, PublicKey
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
 from verihive import testnet
-from verihive.entry import command
+from verihive.entry import command, host_port, int_in, report, seconds, utf8_path, utf8_text
 from verihive.membership import make_join, send_join, send_leave
 from verihive.node import (
     CONFIG_FILE,
@@ -47,6 +48,9 @@ from verihive.node import (
 )
 from verihive.rpc import INFO_TIMEOUT_S, check_address, make_channel
 
+MAX_TESTNET_EXECUTORS = 64
+"""Executors ``bft-testnet init`` writes at most."""
+
 STUBS = {
     "executor": pb_grpc.ExecutorStub,
     "verifier": pb_grpc.VerifierStub,
@@ -57,23 +61,27 @@ STUBS = {
 def add_node_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], role: str) -> None:
     """Add ``init``, ``serve`` and ``status`` for ``role`` to ``sub``."""
     i = sub.add_parser("init", help=f"write a {role} home: commented config.toml and node_key")
-    i.add_argument("--home", type=Path, required=True, help="the node's directory")
-    i.add_argument("--listen", default="127.0.0.1:0", help="host:port to serve on")
-    i.add_argument("--genesis", type=Path, help="the network's genesis.json, copied in")
+    i.add_argument("--home", type=utf8_path, required=True, help="the node's directory")
+    # the addresses are checked with the config they go into ([NODE.2]: port 0 for --listen)
+    i.add_argument("--listen", type=utf8_text, default="127.0.0.1:0", help="host:port to serve on")
+    i.add_argument("--genesis", type=utf8_path, help="the network's genesis.json, copied in")
     if role == "executor":
         i.add_argument(
             "--assembler",
             action="append",
+            type=utf8_text,
             default=[],
             metavar="HOST:PORT",
             help="an assembler to join whenever this node serves (repeatable) [JOIN.4]",
         )
     s = sub.add_parser("serve", help=f"serve this {role} until SIGTERM")
-    s.add_argument("--home", type=Path, required=True)
+    s.add_argument("--home", type=utf8_path, required=True)
     s.add_argument("--verbose", action="store_true")
     t = sub.add_parser("status", help=f"what a running {role} says of itself")
-    t.add_argument("address", nargs="?", help="host:port (default: the one --home serves at)")
-    t.add_argument("--home", type=Path, help="the node's directory")
+    t.add_argument(
+        "address", type=host_port, nargs="?", help="host:port (default: the one --home serves at)"
+    )
+    t.add_argument("--home", type=utf8_path, help="the node's directory")
     t.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -88,8 +96,7 @@ def run_node_command(args: argparse.Namespace, role: str) -> int:
             return 0
         return _status(args.address, args.home, role, args.json)
     except NodeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(str(exc))
 
 
 def _init(home: Path, role: str, listen: str, genesis: Path | None, assemblers: list[str]) -> int:
@@ -218,10 +225,19 @@ def _node_id(public_key: bytes) -> str:
 
 
 def _served_address(home: Path) -> str:
+    """Return the address the node of ``home`` wrote when it started serving."""
+    path = home / "address"
     try:
-        return (home / "address").read_text().strip()
+        with path.open("rb") as f:
+            data = f.read(257)
     except FileNotFoundError as exc:
         raise NodeError(f"{home}: not serving (no address file); serve it first") from exc
+    except OSError as exc:
+        raise NodeError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        return check_address(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ProtocolError) as exc:
+        raise NodeError(f"{path}: not a host:port address") from exc
 
 
 def _role_main(role: str, argv: list[str] | None) -> int:
@@ -230,12 +246,14 @@ def _role_main(role: str, argv: list[str] | None) -> int:
     add_node_commands(sub, role)
     if role == "executor":
         j = sub.add_parser("join", help="ask a running network's assembler to route to this node")
-        j.add_argument("--home", type=Path, required=True)
-        j.add_argument("--assembler", required=True, metavar="HOST:PORT")
-        j.add_argument("--address", help="where this node serves (default: HOME/address)")
+        j.add_argument("--home", type=utf8_path, required=True)
+        j.add_argument("--assembler", type=host_port, required=True, metavar="HOST:PORT")
+        j.add_argument(
+            "--address", type=host_port, help="where this node serves (default: HOME/address)"
+        )
         lv = sub.add_parser("leave", help="ask an assembler to route to this node no more")
-        lv.add_argument("--home", type=Path, required=True)
-        lv.add_argument("--assembler", required=True, metavar="HOST:PORT")
+        lv.add_argument("--home", type=utf8_path, required=True)
+        lv.add_argument("--assembler", type=host_port, required=True, metavar="HOST:PORT")
     args = p.parse_args(argv)
     if args.command in ("join", "leave"):
         try:
@@ -243,8 +261,7 @@ def _role_main(role: str, argv: list[str] | None) -> int:
                 return _join(args.home, args.assembler, args.address)
             return _leave(args.home, args.assembler)
         except NodeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return report(str(exc))
     return run_node_command(args, role)
 
 
@@ -313,19 +330,19 @@ def testnet_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bft-testnet", description=testnet_main.__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("init", help="write the homes and genesis.json of a local network")
-    i.add_argument("--out", type=Path, required=True)
-    i.add_argument("--verifiers", type=int, default=4)
-    i.add_argument("--executors", type=int, default=2)
+    i.add_argument("--out", type=utf8_path, required=True)
+    i.add_argument("--verifiers", type=int_in(1, MAX_VALIDATORS), default=4)
+    i.add_argument("--executors", type=int_in(1, MAX_TESTNET_EXECUTORS), default=2)
     i.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
-    i.add_argument("--network-id", default="verihive-testnet")
-    i.add_argument("--f", type=int, default=1, help="tolerated faulty verifiers")
+    i.add_argument("--network-id", type=_network_id, default="verihive-testnet")
+    i.add_argument("--f", type=int_in(0, MAX_F), default=1, help="tolerated faulty verifiers")
     i.add_argument("--json", action="store_true", help="print the nodes as JSON")
     u = sub.add_parser("up", help="start every node, wait until each answers")
-    u.add_argument("dir", type=Path)
-    u.add_argument("--timeout", type=float, default=300.0, help="seconds to wait per node")
+    u.add_argument("dir", type=utf8_path)
+    u.add_argument("--timeout", type=seconds, default=300.0, help="seconds to wait per node")
     u.add_argument("--json", action="store_true", help="print the nodes as JSON")
     d = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
-    d.add_argument("dir", type=Path)
+    d.add_argument("dir", type=utf8_path)
     args = p.parse_args(argv)
     try:
         if args.command == "init":
@@ -346,12 +363,20 @@ def testnet_main(argv: list[str] | None = None) -> int:
                 for n in nodes:
                     print(f"{n.name:12s} {n.role:9s} {n.address}")
         else:
+            if not (args.dir / GENESIS_FILE).is_file():
+                raise NodeError(f"{args.dir}: not a testnet (no {GENESIS_FILE})")
             for name in testnet.down(args.dir):
                 print(f"stopped {name}")
     except NodeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(str(exc))
     return 0
+
+
+def _network_id(text: str) -> str:
+    """``type=`` of ``--network-id``: 1..``MAX_NETWORK_ID_BYTES`` bytes of UTF-8. [LIMIT.1]"""
+    if not is_valid_network_id(utf8_text(text)):
+        raise argparse.ArgumentTypeError(f"not 1..{MAX_NETWORK_ID_BYTES} bytes of UTF-8")
+    return text
 
 
 def _nodes_json(nodes: list[testnet.Node]) -> str:
@@ -368,7 +393,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="verihive.nodecli")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--home", type=Path, required=True)
+    s.add_argument("--home", type=utf8_path, required=True)
     s.add_argument("--verbose", action="store_true")
     return run_node_command(p.parse_args(argv), "any")
 
