@@ -251,6 +251,8 @@ class VerifierService(pb_grpc.VerifierServicer):
             except grpc.RpcError as exc:
                 log.info("openings unavailable from %s: %s", address, exc.code().name)
                 raise Unavailable(exc.code().name) from exc
+            except ValueError as exc:  # the channel was closed under the call: shutting down
+                raise Unavailable(f"channel to {address} closed") from exc
             return convert.opening_response_from_pb(raw)
 
         # start() inside run() raises on a bad executor signature: no vote at all.

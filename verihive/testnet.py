@@ -228,7 +228,10 @@ def down(out: Path, grace_s: float = STOP_GRACE_S) -> list[str]:
     for n in get_nodes(out):
         pid_file = n.home / "pid"
         if pid_file.exists():
-            pids[n.name] = int(pid_file.read_text())
+            try:
+                pids[n.name] = int(pid_file.read_text())
+            except ValueError as exc:
+                raise NodeError(f"{pid_file}: not a process id") from exc
             pid_file.unlink()
     for pid in pids.values():
         _signal(pid, signal.SIGTERM)
