@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench.common import describe_machine, write_results
 from bft.assembler import AssemblerPolicy
 from bft.crypto import compute_node_id
@@ -86,8 +88,8 @@ def honest(assembler: str, requests: int) -> tuple[list[float], list[str], pb.In
             t = time.perf_counter()
             try:
                 reply = stub.Infer(ask, timeout=INFER_TIMEOUT_S)
-            except Exception as exc:
-                failures.append(f"{type(exc).__name__}: {exc}"[:200])
+            except grpc.RpcError as exc:  # a failed honest call is reported, not raised
+                failures.append(f"{exc.code().name}: {exc.details()}"[:200])
                 continue
             if reply.accepted:
                 latencies.append(time.perf_counter() - t)

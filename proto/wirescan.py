@@ -336,3 +336,20 @@ def parse(message_type: type[M], data: bytes, max_bytes: int) -> M:
         return message_type.FromString(data)
     except DecodeError as exc:
         raise _bad(name, str(exc)) from None
+
+
+def encode_varint(n: int) -> bytes:
+    """Return ``n`` (non-negative) as a protobuf varint: for building wire bytes by hand, as
+    attacks and tests of the scan do."""
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def encode_field(number: int, payload: bytes) -> bytes:
+    """Return length-delimited field ``number`` (wire type 2) holding ``payload``."""
+    return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload

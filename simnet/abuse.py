@@ -25,6 +25,7 @@ from bft.crypto import SigningKey
 from bft.messages import InferenceRequest, SignedCommitment
 from proto import verihive_pb2 as pb
 from proto import verihive_pb2_grpc as pb_grpc
+from proto.wirescan import encode_field
 from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
 from verihive.work import make_execute, make_verify
 
@@ -72,7 +73,8 @@ class Sink:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.sock.settimeout(0.1)
-        self._held: list[socket.socket] = []
+        self.accepted: list[socket.socket] = []
+        """The connections it took (and holds open, unanswered)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -84,14 +86,14 @@ class Sink:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._held.append(self.sock.accept()[0])
+                self.accepted.append(self.sock.accept()[0])
             except TimeoutError:
                 continue
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        for s in self._held:
+        for s in self.accepted:
             s.close()
         self.sock.close()
 
@@ -159,24 +161,10 @@ OVERSIZED_ITEMS = 10_000_000
 """Items in the oversized repeated fields: the finding's 10^7 (a 20 MB message)."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """Return the wire bytes of length-delimited field ``number`` holding ``payload``."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 @functools.cache
 def _oversized_confirm() -> bytes:
     # ConfirmRequest.accusation (3) = Vote with OVERSIZED_ITEMS empty sampler_checks (11)
-    return _field(3, _field(11, b"") * OVERSIZED_ITEMS)
+    return encode_field(3, encode_field(11, b"") * OVERSIZED_ITEMS)
 
 
 def _raw_call(address: str, method: str, payload: bytes, tally: Tally) -> None:
@@ -201,7 +189,7 @@ def oversized_tokens(t: Target, sink: Sink, tally: Tally, i: int) -> None:
     merges the appended bytes into the message: 10 MB of packed token ids)."""
     message = make_verify(t.admitted, t.request, t.signed, t.executor_address)
     # VerifyRequest.commitment (2) . commitment (1) . tokens (5, packed)
-    extra = _field(2, _field(1, _field(5, b"\x01" * OVERSIZED_ITEMS)))
+    extra = encode_field(2, encode_field(1, encode_field(5, b"\x01" * OVERSIZED_ITEMS)))
     address = t.verifiers[i % len(t.verifiers)]
     _raw_call(address, "/verihive.v1.Verifier/Verify", message.SerializeToString() + extra, tally)
 

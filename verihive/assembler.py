@@ -8,9 +8,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from transformers import PreTrainedTokenizerBase
@@ -515,6 +516,28 @@ REFUSALS = (
 """What a refusal's message says, and the ``reason`` label it is counted under ([NODE.4])."""
 
 
+M = TypeVar("M")
+T = TypeVar("T")
+
+
+def _membership(
+    convert_message: Callable[[M], T], process: Callable[[T], str], message: M
+) -> pb.JoinResponse:
+    """Convert a join or leave, process it and count it ([NODE.4]): a malformed message is
+    raised (``INVALID_ARGUMENT``); a refusal is answered in the reply, with its reason."""
+    try:
+        statement = convert_message(message)
+    except Malformed:
+        metrics.JOINS.labels(outcome="malformed", reason="malformed").inc()
+        raise
+    try:
+        done = process(statement)
+    except ProtocolError as exc:
+        return _refused(exc)
+    metrics.JOINS.labels(outcome=done, reason="none").inc()
+    return pb.JoinResponse(accepted=True, reason=done)
+
+
 def _refused(exc: ProtocolError) -> pb.JoinResponse:
     """Count a refused join or leave by reason; return the answer that says why."""
     if isinstance(exc, BadSignature):
@@ -551,31 +574,11 @@ class AssemblerService(pb_grpc.AssemblerServicer):
 
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         """Stop routing to an executor that asks, or say why not. [JOIN.3]"""
-        try:
-            leave = convert.leave_from_pb(request)  # Malformed: INVALID_ARGUMENT
-        except Malformed:
-            metrics.JOINS.labels(outcome="malformed", reason="malformed").inc()
-            raise
-        try:
-            done = self.node.process_leave(leave)
-        except ProtocolError as exc:
-            return _refused(exc)
-        metrics.JOINS.labels(outcome=done, reason="none").inc()
-        return pb.JoinResponse(accepted=True, reason=done)
+        return _membership(convert.leave_from_pb, self.node.process_leave, request)
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
         """Route to a new executor, or say why not. [JOIN.1], [JOIN.2]"""
-        try:
-            join = convert.join_from_pb(request)  # Malformed: INVALID_ARGUMENT
-        except Malformed:
-            metrics.JOINS.labels(outcome="malformed", reason="malformed").inc()
-            raise
-        try:
-            done = self.node.process_join(join)
-        except ProtocolError as exc:
-            return _refused(exc)
-        metrics.JOINS.labels(outcome=done, reason="none").inc()
-        return pb.JoinResponse(accepted=True, reason=done)
+        return _membership(convert.join_from_pb, self.node.process_join, request)
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         """Answer ``request.prompt`` with a certified completion, or report every failed attempt."""

@@ -20,20 +20,19 @@ from bft.limits import MAX_LAYERS, MAX_OPENINGS, MAX_TOKENS, MAX_VALIDATORS
 from merkle.tree import MAX_PROOF_STEPS
 from proto import convert, wirescan
 from proto import verihive_pb2 as pb
-from proto.wirescan import LIMITS, MAX_DEPTH, MAX_UNKNOWN_FIELDS, Scanner, scan
+from proto.wirescan import (
+    LIMITS,
+    MAX_DEPTH,
+    MAX_UNKNOWN_FIELDS,
+    Scanner,
+    encode_field,
+    encode_varint,
+    scan,
+)
 from tests import maximal
 from tests.support import get_receipt
 
-
-def varint(n: int) -> bytes:
-    """Return ``n`` (non-negative) as a protobuf varint."""
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
+varint = encode_varint
 
 
 def tag(number: int, wire: int) -> bytes:
@@ -41,9 +40,7 @@ def tag(number: int, wire: int) -> bytes:
     return varint(number << 3 | wire)
 
 
-def delimited(number: int, payload: bytes) -> bytes:
-    """Return field ``number`` holding ``payload`` (wire type 2)."""
-    return tag(number, 2) + varint(len(payload)) + payload
+delimited = encode_field
 
 
 def rpc_messages() -> Iterator[Descriptor]:

@@ -9,95 +9,28 @@ dials only the executor address the assembler signed.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
 from bft.crypto import SigningKey
-from bft.messages import SamplingParams, Verdict, Vote
+from bft.messages import Verdict, Vote
 from proto import convert
 from proto import verihive_pb2 as pb
-from proto import verihive_pb2_grpc as pb_grpc
-from simnet.localnet import local_faults
-from verihive.assembler import AttemptResult
-from verihive.localnet import LocalNetConfig, LocalNetwork, start_local_network
-from verihive.rpc import MAX_OPEN_MESSAGE_BYTES, make_channel
+from simnet.abuse import Sink
+from tests.verihive.conftest import call, refused
 from verihive.services import MAX_CHANNELS, MAX_VERIFIES_PER_EXECUTOR
 from verihive.work import make_confirm, make_execute, make_verify
 
 STRANGER = SigningKey.from_seed(b"\x5e" * 32)
 
 
-@pytest.fixture(scope="module")
-def net(tiny) -> Iterator[LocalNetwork]:
-    faults = local_faults(executor="tamper-tokens")  # executor 0 lies: real accusations
-    with start_local_network(tiny, LocalNetConfig(), faults=faults) as n:
-        yield n
-
-
-@pytest.fixture(scope="module")
-def attempts(net) -> tuple[AttemptResult, AttemptResult]:
-    _, found = net.assembler.infer("Hello?", SamplingParams(max_new_tokens=4))
-    caught, served = found
-    assert caught.tally is not None and served.tally is not None
-    return caught, served
-
-
-def call(address: str, service: str, method: str, message: object) -> object:
-    channel = make_channel(address, MAX_OPEN_MESSAGE_BYTES)
-    try:
-        stub = getattr(pb_grpc, f"{service}Stub")(channel)
-        return getattr(stub, method)(message, timeout=60)
-    finally:
-        channel.close()
-
-
-def refused(address: str, service: str, method: str, message: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call(address, service, method, message)
-    return info.value
-
-
-class Listener:
-    """A socket that accepts connections and never answers; counts who came."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.1)
-        self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.accepted.append(self.sock.accept()[0])
-            except TimeoutError:
-                continue
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        for s in self.accepted:
-            s.close()
-        self.sock.close()
-
-
 def test_invalid_verify_ordered_by_a_stranger_dials_nobody(net, attempts):
     """Finding 1: a stranger's Verify pointed at a socket that never answers used to hold a
     worker for the whole openings deadline; now it is refused before anything is dialed."""
     _, served = attempts
-    listener = Listener()
+    listener = Sink()
     service = net.verifier_services[1]
     votes_before = dict(service.activity.to_pb(pb.NodeInfo()).counts)
     try:
@@ -125,7 +58,7 @@ def test_invalid_verify_without_an_order(net, attempts):
 def test_invalid_order_moved_to_another_executor_address(net, attempts):
     """An admitted order cannot be re-aimed: the address is part of what the assembler signed."""
     _, served = attempts
-    listener = Listener()
+    listener = Sink()
     try:
         message = make_verify(
             net.assembler.key, served.tally.request, served.tally.signed, served.executor.address
@@ -208,7 +141,7 @@ def test_a_stalled_executor_costs_a_few_slots_never_the_node(net, attempts):
     are refused at once, and the verifier keeps answering cheap calls and verifying others."""
     _, served = attempts
     tally = served.tally
-    listener = Listener()
+    listener = Sink()
     service = net.verifier_services[2]
     service.open_timeout_s = 5.0
     address = net.verifier_addresses[2]

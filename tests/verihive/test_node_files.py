@@ -171,14 +171,6 @@ def test_invalid_node_key_unreadable(tmp_path, monkeypatch):
     _refused(load_node_key, path, "cannot open the key file: Permission denied")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
-def test_invalid_node_key_unreadable_by_mode(tmp_path):
-    """[NODE.7] mode 000 (not root): refused with the system's reason."""
-    path = _key_file(tmp_path)
-    path.chmod(0o000)
-    _refused(load_node_key, path, "Permission denied")
-
-
 def test_invalid_node_key_name_with_nul(tmp_path):
     """[NODE.7] a file name the system cannot take is refused, not raised as ValueError."""
     with pytest.raises(NodeError, match="not a file name"):

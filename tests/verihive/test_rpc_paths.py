@@ -11,7 +11,6 @@ import dataclasses
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -19,51 +18,20 @@ import pytest
 from bft.crypto import SigningKey
 from bft.join import sign_leave
 from bft.limits import MAX_OPENINGS
-from bft.messages import SamplingParams, Verdict, Vote
+from bft.messages import Verdict, Vote
 from proto import convert
 from proto import verihive_pb2 as pb
-from proto import verihive_pb2_grpc as pb_grpc
-from simnet.localnet import local_faults
+from tests.verihive.conftest import call
+from tests.verihive.conftest import refused as refused_call
 from verihive.assembler import AttemptResult
 from verihive.localnet import (
     DEFAULT_NETWORK_ID,
-    LocalNetConfig,
-    LocalNetwork,
-    start_local_network,
 )
-from verihive.rpc import make_channel
 from verihive.work import make_confirm, make_verify
 
 
-@pytest.fixture(scope="module")
-def net(tiny) -> Iterator[LocalNetwork]:
-    faults = local_faults(executor="tamper-tokens")
-    with start_local_network(tiny, LocalNetConfig(), faults=faults) as n:
-        yield n
-
-
-@pytest.fixture(scope="module")
-def attempts(net) -> tuple[AttemptResult, AttemptResult]:
-    """The liar's attempt (REJECTED, four accusations) and the honest one (CERTIFIED)."""
-    _, found = net.assembler.infer("Hello?", SamplingParams(max_new_tokens=4))
-    caught, served = found
-    assert caught.tally is not None and served.tally is not None
-    return caught, served
-
-
-def call(address: str, service: str, method: str, message: object) -> object:
-    channel = make_channel(address, 64 * 1024 * 1024)
-    try:
-        stub = getattr(pb_grpc, f"{service}Stub")(channel)
-        return getattr(stub, method)(message, timeout=60)
-    finally:
-        channel.close()
-
-
 def refused(address: str, service: str, method: str, message: object) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
-        call(address, service, method, message)
-    return info.value.code()
+    return refused_call(address, service, method, message).code()
 
 
 def accusation(caught: AttemptResult) -> Vote:

@@ -22,6 +22,7 @@ from bft.limits import MAX_OPENINGS
 from bft.messages import SamplingParams, Verdict
 from proto import convert
 from proto import verihive_pb2 as pb
+from proto.wirescan import encode_varint
 from tests import maximal
 from tests.support import run_together
 from verihive.assembler import AttemptResult
@@ -39,20 +40,9 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 VERIFY_BYTES = MAX_REQUEST_BYTES["/verihive.v1.Verifier/Verify"]
 
 
-def varint(n: int) -> bytes:
-    """Return ``n`` (non-negative) as a protobuf varint."""
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
-
-
 def delimited(tag: int, payload: bytes) -> bytes:
     """Return the length-delimited field of key byte ``tag`` holding ``payload``."""
-    return bytes([tag]) + varint(len(payload)) + payload
+    return bytes([tag]) + encode_varint(len(payload)) + payload
 
 
 @pytest.fixture(scope="module")
